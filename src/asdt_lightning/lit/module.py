@@ -1,0 +1,344 @@
+"""The ASDT LightningModule: the loss of DESIGN.md, the paper's parameter groups, per-branch validation mIoU."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from ..errors import ASDTUserError
+from ..method.cam import (
+    IGNORE_INDEX,
+    TeacherAParams,
+    allowed_labels,
+    cam_segmentation,
+    merge_multiscale_cams,
+    normalize_cams,
+    refinement_teacher_labels,
+    reliable_cam_labels,
+)
+from ..method.crf import CRFParams, local_crf
+from ..method.losses import balanced_cross_entropy, classification_loss, pairwise_loss, soft_distillation
+from ..method.pwm import TEACHER_B
+from ..metrics import iou_from_confusion
+from ..models.asdt import ASDTOutput, build_asdt_net
+
+BRANCHES = ("cam", "refine", "student", "fused")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """``L = cls * L_cls + refine * (CE(R, Y_A) + pairwise * P(R)) + student * (KD(S, Y_src) + pairwise * P(S))``;
+    the student's distillation term is scaled by ``teacher_a`` or ``teacher_b`` with its source."""
+
+    cls: float = 1.0
+    refine: float = 0.5
+    student: float = 0.5
+    pairwise: float = 1.0
+    teacher_a: float = 1.0
+    teacher_b: float = 1.0
+    distillation: str = "hard"  # "hard": CE on teacher B's CRF labels; "soft": KL to its CRF probabilities
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class TeacherBParams:
+    """How the refinement branch's output becomes the student's target."""
+
+    confidence: float = 0.0
+    crf: CRFParams = field(default_factory=lambda: CRFParams(bilateral_sxy=83, bilateral_srgb=5, bilateral_compat=4))
+
+
+@dataclass(frozen=True)
+class PairwiseParams:
+    """Local pairwise (CRF) loss kernel."""
+
+    sxy: float = 100.0
+    srgb: float = 15.0
+    window: int = 5
+
+
+@dataclass(frozen=True)
+class OptimizerParams:
+    """SGD with the 1x/2x/10x/20x groups (backbone weights/biases, head weights/biases), or AdamW; poly decay."""
+
+    name: str = "sgd"
+    lr: float = 7e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    poly_power: float = 0.9
+    backbone_bias_mult: float = 2.0
+    head_weight_mult: float = 10.0
+    head_bias_mult: float = 20.0
+
+
+def _from_dict(base: Any, values: Mapping[str, Any] | None) -> Any:
+    """Override a params dataclass (class or instance) with a plain, possibly nested, dict; unknown keys fail."""
+    base = base() if isinstance(base, type) else base
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ASDTUserError(f"unknown option(s) {unknown} for {type(base).__name__}; known: {sorted(known)}")
+    for key, value in values.items():
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            values[key] = _from_dict(current, value)
+    return dataclasses.replace(base, **values)
+
+
+class ASDTModule(L.LightningModule):
+    """ASDT training and per-branch validation.
+
+    All arguments are plain values (saved as hyper-parameters, so ``load_from_checkpoint`` rebuilds the model).
+    The student's teacher at each step is set by ``PWMCallback`` through ``set_teacher``.
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        class_names: Sequence[str],
+        has_background: bool = True,
+        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        image_std: Sequence[float] = (0.229, 0.224, 0.225),
+        cam_scales: Sequence[float] = (1.0,),
+        loss: dict[str, Any] | None = None,
+        teacher_a: dict[str, Any] | None = None,
+        teacher_b: dict[str, Any] | None = None,
+        pairwise: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        cam_thresholds: Sequence[float] = tuple(round(0.05 * i, 2) for i in range(1, 20)),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.has_background = has_background
+        self.cam_scales = [float(s) for s in cam_scales]
+        if not self.cam_scales or self.cam_scales[0] != 1.0:
+            raise ASDTUserError(f"model.cam_scales must start with 1.0 (the scale with gradient), got {cam_scales}")
+        self.loss_weights = _from_dict(LossWeights, loss)
+        if self.loss_weights.distillation not in ("hard", "soft"):
+            mode = self.loss_weights.distillation
+            raise ASDTUserError(f"model.loss.distillation must be 'hard' or 'soft', got {mode!r}")
+        self.teacher_a = _from_dict(TeacherAParams, teacher_a)
+        self.teacher_b = _from_dict(TeacherBParams, teacher_b)
+        self.pairwise = _from_dict(PairwiseParams, pairwise)
+        self.optim = _from_dict(OptimizerParams, optimizer)
+        if self.optim.name not in ("sgd", "adamw"):
+            raise ASDTUserError(f"model.optimizer.name must be 'sgd' or 'adamw', got {self.optim.name!r}")
+        self.net = build_asdt_net(num_classes=len(self.class_names), has_background=has_background, **net)
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.cam_thresholds = [float(t) for t in cam_thresholds] if has_background else [0.0]
+        k = self.net.num_labels
+        self.val_confusion = torch.nn.ModuleDict(
+            {b: MulticlassConfusionMatrix(k, ignore_index=IGNORE_INDEX) for b in ("refine", "student", "fused")}
+        )
+        self.val_cam_confusion = torch.nn.ModuleList(
+            MulticlassConfusionMatrix(k, ignore_index=IGNORE_INDEX) for _ in self.cam_thresholds
+        )
+        self.teacher_step = -1  # global step for which ``teacher_source`` was set
+        self.teacher_source = 0
+        self.val_results: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------------- PWM interface
+    def set_teacher(self, step: int, source: int) -> None:
+        """Called by ``PWMCallback`` before every training step: 0 = teacher A (CAM), 1 = teacher B (R)."""
+        self.teacher_step = step
+        self.teacher_source = int(source)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def forward(self, images: torch.Tensor) -> ASDTOutput:
+        return self.net(images)
+
+    def rgb_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Undo the input normalisation and resize: (B, 3, H, W) -> (B, 3, *size) RGB in 0..255."""
+        rgb = images.float() * self.image_std + self.image_mean
+        return F.interpolate(rgb, size, mode="area").clamp(0, 255)
+
+    @staticmethod
+    def valid_at(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, H, W) bool -> (B, *size) bool: a low-resolution pixel is valid if most of it is."""
+        return F.interpolate(valid[:, None].float(), size, mode="area")[:, 0] > 0.5
+
+    def training_cams(self, images: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+        """Multi-scale CAMs: the scale-1 CAMs (detached) averaged with no-grad CAMs at the other scales."""
+        size = cams.shape[-2:]
+        maps = [cams.detach()]
+        with torch.no_grad():
+            for scale in self.cam_scales[1:]:
+                scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+                maps.append(self.net.forward_cams(scaled))
+        return merge_multiscale_cams(maps, size)
+
+    # --------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.teacher_step != self.global_step:
+            raise RuntimeError(
+                "the student's teacher was not set for this step: add asdt_lightning.lit.callbacks.PWMCallback "
+                "to the Trainer's callbacks"
+            )
+        images, image_labels, valid = batch["image"], batch["labels"], batch["valid"]
+        out = self.net(images)
+        size = out.refine_logits.shape[-2:]
+        pixel_step = images.shape[-1] / size[-1]
+        rgb = self.rgb_at(images, size)
+        valid_lr = self.valid_at(valid, size)
+        w = self.loss_weights
+
+        with torch.no_grad():
+            norm_cams = normalize_cams(self.training_cams(images, out.cams).float(), image_labels)
+            labels_a = reliable_cam_labels(
+                rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr
+            )
+            from_b = self.teacher_source == TEACHER_B
+            if from_b:
+                refine_probs = torch.softmax(out.refine_logits.detach().float(), 1)
+                target_b = self._teacher_b_target(rgb, refine_probs, image_labels, pixel_step, valid_lr)
+
+        refine_logits, student_logits = out.refine_logits.float(), out.student_logits.float()
+        loss_cls = classification_loss(out.class_logits.float(), image_labels)
+        loss_refine_ce = balanced_cross_entropy(refine_logits, labels_a, self.has_background)
+        loss_refine_pair = self._pairwise(refine_logits, rgb, pixel_step, valid_lr)
+        if not from_b:
+            loss_distill = w.teacher_a * balanced_cross_entropy(student_logits, labels_a, self.has_background)
+        elif w.distillation == "soft":
+            loss_distill = w.teacher_b * soft_distillation(student_logits, target_b, valid_lr, w.temperature)
+        else:
+            loss_distill = w.teacher_b * balanced_cross_entropy(student_logits, target_b, self.has_background)
+        loss_student_pair = self._pairwise(student_logits, rgb, pixel_step, valid_lr)
+
+        loss = (
+            w.cls * loss_cls
+            + w.refine * (loss_refine_ce + w.pairwise * loss_refine_pair)
+            + w.student * (loss_distill + w.pairwise * loss_student_pair)
+        )
+        labelled = (labels_a != IGNORE_INDEX).float().sum() / valid_lr.float().sum().clamp_min(1)
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/loss_cls": loss_cls,
+                "train/loss_refine_ce": loss_refine_ce,
+                "train/loss_refine_pairwise": loss_refine_pair,
+                "train/loss_student_distill": loss_distill,
+                "train/loss_student_pairwise": loss_student_pair,
+                "train/teacher_a_labelled_fraction": labelled,
+            },
+            on_step=True,
+            on_epoch=False,
+            prog_bar=False,
+            batch_size=images.shape[0],
+        )
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
+        return loss
+
+    def _teacher_b_target(self, rgb, refine_probs, image_labels, pixel_step, valid_lr) -> torch.Tensor:
+        """Hard labels (B, h, w) or, for soft distillation, refined probabilities (B, K, h, w)."""
+        if self.loss_weights.distillation == "soft":
+            allowed = allowed_labels(image_labels, self.has_background)
+            return local_crf(rgb, refine_probs, self.teacher_b.crf, pixel_step, allowed=allowed)
+        return refinement_teacher_labels(
+            rgb, refine_probs, image_labels, self.teacher_b.crf, self.teacher_b.confidence,
+            self.has_background, pixel_step, valid_lr,
+        )
+
+    def _pairwise(self, logits, rgb, pixel_step, valid_lr) -> torch.Tensor:
+        if self.loss_weights.pairwise == 0:
+            return logits.sum() * 0.0
+        p = self.pairwise
+        return pairwise_loss(logits, rgb, p.sxy, p.srgb, p.window, pixel_step, valid_lr)
+
+    # ------------------------------------------------------------------------------------------- validation
+    def branch_probabilities(self, images: torch.Tensor, image_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-branch outputs at the input resolution, restricted to the image's labels.
+
+        Returns ``cam``: (B, C, H, W) normalised CAMs, and ``refine``/``student``/``fused``: (B, K, H, W)
+        probabilities (fused = element-wise max of R's and S's softmax).
+        """
+        out = self.net(images)
+        size = images.shape[-2:]
+        allowed = allowed_labels(image_labels, self.has_background)[:, :, None, None]
+
+        def probs(logits: torch.Tensor) -> torch.Tensor:
+            logits = F.interpolate(logits.float(), size, mode="bilinear", align_corners=False)
+            return torch.softmax(logits.masked_fill(~allowed, float("-inf")), 1)
+
+        cams = F.interpolate(out.cams.float(), size, mode="bilinear", align_corners=False)
+        refine, student = probs(out.refine_logits), probs(out.student_logits)
+        return {
+            "cam": normalize_cams(cams, image_labels),
+            "refine": refine,
+            "student": student,
+            "fused": torch.maximum(refine, student),
+        }
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images, image_labels, masks = batch["image"], batch["labels"], batch["mask"]
+        outputs = self.branch_probabilities(images, image_labels)
+        for branch in ("refine", "student", "fused"):
+            self.val_confusion[branch].update(outputs[branch].argmax(1), masks)
+        for threshold, confusion in zip(self.cam_thresholds, self.val_cam_confusion, strict=True):
+            bg = threshold if self.has_background else None
+            confusion.update(cam_segmentation(outputs["cam"], image_labels, bg), masks)
+
+    def on_validation_epoch_end(self) -> None:
+        cam_ious = [iou_from_confusion(c.compute()) for c in self.val_cam_confusion]
+        best = max(range(len(cam_ious)), key=lambda i: float(torch.nanmean(cam_ious[i])))
+        per_class = {"cam": cam_ious[best]}
+        per_class.update({b: iou_from_confusion(m.compute()) for b, m in self.val_confusion.items()})
+        for metric in [*self.val_confusion.values(), *self.val_cam_confusion]:
+            metric.reset()
+        miou = {b: float(torch.nanmean(per_class[b])) for b in BRANCHES}
+        label_names = (["background"] if self.has_background else []) + self.class_names
+        self.val_results = {
+            "miou": miou,
+            "cam_threshold": self.cam_thresholds[best],
+            "per_class_iou": {b: dict(zip(label_names, v.tolist(), strict=True)) for b, v in per_class.items()},
+        }
+        self.log_dict({f"val/miou_{b}": v for b, v in miou.items()}, prog_bar=False)
+        self.log("val/cam_threshold", self.cam_thresholds[best])
+        self.log("val_miou", miou["fused"], prog_bar=True, logger=False)
+
+    # -------------------------------------------------------------------------------------------- optimiser
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """1x backbone weights, 2x backbone biases/norms (no decay), 10x head weights, 20x head biases (no decay)."""
+        o = self.optim
+        head_ids = {id(p) for m in self.net.head_modules() for p in m.parameters()}
+        groups: dict[str, dict[str, Any]] = {
+            "backbone_weight": {"params": [], "lr_mult": 1.0, "weight_decay": o.weight_decay},
+            "backbone_bias": {"params": [], "lr_mult": o.backbone_bias_mult, "weight_decay": 0.0},
+            "head_weight": {"params": [], "lr_mult": o.head_weight_mult, "weight_decay": o.weight_decay},
+            "head_bias": {"params": [], "lr_mult": o.head_bias_mult, "weight_decay": 0.0},
+        }
+        for p in self.net.parameters():
+            if not p.requires_grad:
+                continue
+            part = "head" if id(p) in head_ids else "backbone"
+            kind = "weight" if p.ndim > 1 else "bias"
+            groups[f"{part}_{kind}"]["params"].append(p)
+        result = []
+        for name, g in groups.items():
+            if g["params"]:
+                result.append({**g, "name": name, "lr": o.lr * g["lr_mult"]})
+        return result
+
+    def configure_optimizers(self):
+        o = self.optim
+        groups = self.parameter_groups()
+        if o.name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=o.lr)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        total = max(int(total), 1)
+        power = o.poly_power
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1 - min(step, total) / total) ** power
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,194 @@
+"""Class activation maps and teacher A's reliable pseudo labels (pure tensor functions).
+
+Shapes: B images, C foreground classes, (h, w) the CAM / label resolution. Labels use ``IGNORE_INDEX``
+(255) for unreliable pixels. With a background class, label 0 is background and class ``c`` is ``c + 1``;
+without one (COCO-Stuff), class ``c`` is label ``c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .crf import CRFParams, local_crf
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class TeacherAParams:
+    """How teacher A turns CAMs into reliable pseudo labels (defaults: the released code's settings)."""
+
+    alpha_low: float = 4.0  # background power of the conservative CRF (foreground labels come from it)
+    alpha_high: float = 32.0  # background power of the generous CRF (background labels come from it)
+    fg_percentile: float = 0.6  # keep a foreground pixel only if its CAM is above this quantile ...
+    fg_min_cam: float = 0.1  # ... of its class's CAM values above this floor
+    bg_score_threshold: float = 0.8  # keep a background pixel only if (1 - max_fg) ** alpha_high > this
+    crf_confidence: float = 0.8  # and only where the CRF's probability of the label is at least this
+    crf: CRFParams = field(default_factory=CRFParams)
+
+
+def merge_multiscale_cams(cams: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Average CAMs computed at several input scales after resizing each to ``size``.
+
+    Args:
+        cams: list of (B, C, h_i, w_i) raw CAMs.
+    Returns:
+        (B, C, *size) averaged CAMs.
+    """
+    resized = [c if c.shape[-2:] == size else F.interpolate(c, size, mode="bilinear", align_corners=False)
+               for c in cams]
+    return torch.stack(resized).mean(0)
+
+
+def normalize_cams(cams: torch.Tensor, image_labels: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """ReLU, keep only the image's classes, divide each map by its spatial maximum.
+
+    Args:
+        cams: (B, C, h, w) raw CAMs.
+        image_labels: (B, C) multi-hot image labels.
+    Returns:
+        (B, C, h, w) CAMs in [0, 1]; absent classes are all zero.
+    """
+    cams = F.relu(cams) * (image_labels[:, :, None, None] > 0)
+    peak = cams.flatten(2).amax(2)[:, :, None, None]
+    return cams / (peak + eps)
+
+
+def background_score(norm_cams: torch.Tensor, power: float) -> torch.Tensor:
+    """(B, C, h, w) normalised CAMs -> (B, 1, h, w) background score ``(1 - max_c cam_c) ** power``."""
+    if norm_cams.shape[1] == 0:
+        return norm_cams.new_ones(norm_cams.shape[0], 1, *norm_cams.shape[2:])
+    return (1 - norm_cams.amax(1, keepdim=True)).clamp_min(0) ** power
+
+
+def cam_scores(norm_cams: torch.Tensor, has_background: bool, bg_power: float) -> torch.Tensor:
+    """Per-label scores from normalised CAMs: (B, C, h, w) -> (B, K, h, w), K = C + has_background."""
+    if not has_background:
+        return norm_cams
+    return torch.cat([background_score(norm_cams, bg_power), norm_cams], 1)
+
+
+def allowed_labels(image_labels: torch.Tensor, has_background: bool) -> torch.Tensor:
+    """(B, C) multi-hot -> (B, K) bool: the labels a pixel of each image may take."""
+    present = image_labels > 0
+    if not has_background:
+        return present
+    return torch.cat([torch.ones_like(present[:, :1]), present], 1)
+
+
+def cam_segmentation(norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_threshold: float | None) -> torch.Tensor:
+    """CAM baseline segmentation: argmax over the image's classes, background where no CAM beats the threshold.
+
+    Args:
+        norm_cams: (B, C, h, w) normalised CAMs; image_labels: (B, C).
+        bg_threshold: constant background score, or ``None`` for datasets without background.
+    Returns:
+        (B, h, w) long labels.
+    """
+    present = (image_labels > 0)[:, :, None, None]
+    scores = norm_cams.masked_fill(~present, -1.0)
+    if bg_threshold is None:
+        return scores.argmax(1)
+    bg = torch.full_like(scores[:, :1], bg_threshold)
+    return torch.cat([bg, scores], 1).argmax(1)
+
+
+def _class_cam_thresholds(norm_cams: torch.Tensor, percentile: float, min_cam: float) -> torch.Tensor:
+    """(B, C) per-image, per-class CAM quantile among the pixels the class wins with CAM above ``min_cam``.
+
+    Classes with no such pixel get +inf (none of their pixels is reliable).
+    """
+    _b, c = norm_cams.shape[:2]
+    flat = norm_cams.flatten(2)  # (B, C, N)
+    winner = flat.argmax(1, keepdim=True)  # (B, 1, N)
+    own = (torch.arange(c, device=flat.device)[None, :, None] == winner) & (flat > min_cam)
+    values = flat.masked_fill(~own, float("nan"))
+    thresholds = torch.nanquantile(values.float(), percentile, dim=2)
+    return torch.nan_to_num(thresholds, nan=float("inf")).to(norm_cams.dtype)
+
+
+def reliable_cam_labels(
+    image: torch.Tensor,
+    norm_cams: torch.Tensor,
+    image_labels: torch.Tensor,
+    params: TeacherAParams,
+    has_background: bool = True,
+    pixel_step: float = 1.0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Teacher A: reliable-region pseudo labels from normalised CAMs, refined by two CRFs.
+
+    With background: the conservative (low-alpha) CRF's argmax gives the label, its background becomes
+    ignore, and the generous (high-alpha) CRF's background becomes background; a foreground pixel is kept
+    only if its CAM clears its class's percentile threshold, a background pixel only if its background
+    score clears ``bg_score_threshold``, and any pixel only where its CRF is confident.
+    Without background: argmax of the CRF over the image's classes, with the same foreground filtering.
+
+    Args:
+        image: (B, 3, h, w) RGB 0..255 at the CAM resolution.
+        norm_cams: (B, C, h, w) from ``normalize_cams``.
+        image_labels: (B, C) multi-hot.
+        pixel_step: image pixels per CAM pixel (sets the CRF kernels' scale).
+        valid: optional (B, h, w) bool; invalid pixels (padding) are ignore.
+    Returns:
+        (B, h, w) long pseudo labels with ``IGNORE_INDEX`` where unreliable.
+    """
+    allowed = allowed_labels(image_labels, has_background)
+    offset = int(has_background)
+    fg_threshold = _class_cam_thresholds(norm_cams, params.fg_percentile, params.fg_min_cam)
+
+    def crf(alpha: float) -> torch.Tensor:
+        scores = cam_scores(norm_cams, has_background, alpha)
+        probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
+        return local_crf(image, probs, params.crf, pixel_step, allowed=allowed)
+
+    probs_low = crf(params.alpha_low)
+    confidence, labels = probs_low.max(1)
+
+    fg = labels >= offset  # every label is foreground without a background class
+    cls = (labels - offset).clamp_min(0)
+    cam_at_label = norm_cams.gather(1, cls[:, None])[:, 0]
+    threshold_at_label = fg_threshold.gather(1, cls.flatten(1)).view_as(cls)
+    keep = fg & (cam_at_label >= threshold_at_label) & (confidence >= params.crf_confidence)
+    labels = labels.masked_fill(~keep, IGNORE_INDEX)
+
+    if has_background:
+        probs_high = crf(params.alpha_high)
+        bg_conf, high_labels = probs_high.max(1)
+        bg_score = background_score(norm_cams, params.alpha_high)[:, 0]
+        bg = (high_labels == 0) & (bg_conf >= params.crf_confidence) & (bg_score > params.bg_score_threshold)
+        labels = labels.masked_fill(bg, 0)
+    if valid is not None:
+        labels = labels.masked_fill(~valid, IGNORE_INDEX)
+    return labels
+
+
+def refinement_teacher_labels(
+    image: torch.Tensor,
+    probs: torch.Tensor,
+    image_labels: torch.Tensor,
+    crf_params: CRFParams,
+    confidence: float,
+    has_background: bool = True,
+    pixel_step: float = 1.0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Teacher B: the refinement branch's softmax, restricted to the image's labels, refined by a CRF, argmax.
+
+    Args:
+        image: (B, 3, h, w) RGB 0..255; probs: (B, K, h, w) softmax of R (detached); image_labels: (B, C).
+        confidence: pixels whose refined probability is below this become ignore.
+    Returns:
+        (B, h, w) long hard labels.
+    """
+    allowed = allowed_labels(image_labels, has_background)
+    refined = local_crf(image, probs, crf_params, pixel_step, allowed=allowed)
+    conf, labels = refined.max(1)
+    labels = labels.masked_fill(conf < confidence, IGNORE_INDEX)
+    if valid is not None:
+        labels = labels.masked_fill(~valid, IGNORE_INDEX)
+    return labels

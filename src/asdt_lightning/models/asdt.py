@@ -1,0 +1,83 @@
+"""The unified ASDT network: one shared backbone, a CAM head (teacher A), a refinement head R (teacher B)
+and a student head S. No losses in here."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, build_backbone
+from .heads import CAMHead, SegmentationHead
+
+
+class ASDTOutput(NamedTuple):
+    """Every branch's output for a (B, 3, H, W) input, at the backbone's resolution h = H / output_stride."""
+
+    cams: torch.Tensor  # (B, C, h, w) raw class activation maps
+    class_logits: torch.Tensor  # (B, C) image-level logits
+    refine_logits: torch.Tensor  # (B, K, h, w) teacher B's segmentation logits
+    student_logits: torch.Tensor  # (B, K, h, w) the student's segmentation logits
+
+
+class ASDTNet(nn.Module):
+    """Three branches on one backbone. ``K = C + 1`` with a background class, ``C`` without."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        has_background: bool = True,
+        head_channels: int = 256,
+        head_dilation: int = 2,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.has_background = has_background
+        self.num_labels = num_classes + int(has_background)
+        self.cam_head = CAMHead(backbone.out_channels, num_classes)
+        self.refine_head = SegmentationHead(backbone.out_channels, self.num_labels, head_channels, head_dilation)
+        self.student_head = SegmentationHead(backbone.out_channels, self.num_labels, head_channels, head_dilation)
+
+    @property
+    def output_stride(self) -> int:
+        return self.backbone.output_stride
+
+    def head_modules(self) -> list[nn.Module]:
+        """The newly initialised parts (higher learning rates in the paper's parameter groups)."""
+        return [self.cam_head, self.refine_head, self.student_head]
+
+    def forward(self, images: torch.Tensor) -> ASDTOutput:
+        features = self.backbone(images)
+        cams, class_logits = self.cam_head(features)
+        return ASDTOutput(cams, class_logits, self.refine_head(features), self.student_head(features))
+
+    def forward_cams(self, images: torch.Tensor) -> torch.Tensor:
+        """CAM branch only: (B, 3, H, W) -> (B, C, h, w); used for the extra CAM scales."""
+        return self.cam_head(self.backbone(images))[0]
+
+
+def build_asdt_net(
+    backbone: str,
+    num_classes: int,
+    has_background: bool = True,
+    output_stride: int = 16,
+    pretrained: bool = False,
+    weights: str | None = None,
+    frozen_bn: bool = False,
+    frozen_stem: bool = False,
+    head_channels: int = 256,
+    head_dilation: int = 2,
+) -> ASDTNet:
+    """Build the backbone by registry name and put the three heads on it."""
+    body = build_backbone(
+        backbone,
+        output_stride=output_stride,
+        pretrained=pretrained,
+        weights=weights,
+        frozen_bn=frozen_bn,
+        frozen_stem=frozen_stem,
+    )
+    return ASDTNet(body, num_classes, has_background, head_channels, head_dilation)
