@@ -1,0 +1,126 @@
+import dataclasses
+
+import torch
+
+from asdt_lightning.method.cam import (
+    IGNORE_INDEX,
+    TeacherAParams,
+    background_score,
+    cam_segmentation,
+    merge_multiscale_cams,
+    normalize_cams,
+    refinement_teacher_labels,
+    reliable_cam_labels,
+)
+from asdt_lightning.method.crf import CRFParams
+
+H = W = 16
+PARAMS = TeacherAParams(crf=CRFParams(iterations=5, window=5))
+
+
+def scene():
+    """A grey image with a red square object (rows/cols 4..11) and a CAM peaked at the object's centre."""
+    img = torch.full((1, 3, H, W), 120.0)
+    img[:, :, 4:12, 4:12] = torch.tensor([210.0, 40.0, 40.0])[:, None, None]
+    yy, xx = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    cam = torch.exp(-((yy - 7.5) ** 2 + (xx - 7.5) ** 2) / (2 * 2.5**2))
+    cam[cam < 0.02] = 0.0
+    raw = torch.stack([cam * 3.0, torch.rand(H, W)])[None]  # class 1's CAM is noise, and class 1 is absent
+    labels = torch.tensor([[1.0, 0.0]])
+    return img, raw, labels
+
+
+def test_normalize_cams_keeps_image_classes_and_scales_to_one():
+    _, raw, labels = scene()
+    raw[0, 0, 0, 0] = -4.0
+    norm = normalize_cams(raw, labels)
+    assert torch.allclose(norm[0, 0].max(), torch.tensor(1.0), atol=1e-4)
+    assert norm[0, 0].min() == 0.0
+    assert torch.all(norm[0, 1] == 0)
+
+
+def test_merge_multiscale_cams_resizes_and_averages():
+    a, b = torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)
+    merged = merge_multiscale_cams([a, b], (8, 8))
+    assert merged.shape == (2, 3, 8, 8) and torch.allclose(merged, torch.full_like(merged, 0.5))
+
+
+def test_background_score_is_one_where_no_class_fires():
+    norm = torch.zeros(1, 2, 4, 4)
+    norm[0, 0, 0, 0] = 0.5
+    bg = background_score(norm, power=2)
+    assert bg.shape == (1, 1, 4, 4)
+    assert bg[0, 0, 0, 0] == 0.25 and bg[0, 0, 3, 3] == 1.0
+
+
+def test_reliable_labels_on_a_crafted_cam():
+    img, raw, labels = scene()
+    norm = normalize_cams(raw, labels)
+    y = reliable_cam_labels(img, norm, labels, PARAMS)[0]
+    assert y.shape == (H, W) and y.dtype == torch.long
+    assert set(y.unique().tolist()) <= {0, 1, IGNORE_INDEX}
+    assert y[7, 7] == 1 and y[8, 8] == 1  # the CAM's peak is the object
+    assert y[0, 0] == 0 and y[15, 15] == 0  # far from any activation: background
+    assert (y == IGNORE_INDEX).any()  # the CAM's fringe is not reliable
+    assert torch.all(y[4:12, 4:12] != 0)  # no object pixel is called background
+
+
+def test_stricter_percentile_keeps_fewer_foreground_pixels():
+    img, raw, labels = scene()
+    norm = normalize_cams(raw, labels)
+    loose = reliable_cam_labels(img, norm, labels, dataclasses.replace(PARAMS, fg_percentile=0.0))
+    strict = reliable_cam_labels(img, norm, labels, dataclasses.replace(PARAMS, fg_percentile=0.9))
+    assert (strict == 1).sum() < (loose == 1).sum()
+    assert (strict == 1).sum() > 0
+
+
+def test_image_with_no_class_gets_no_foreground_label():
+    img, raw, _ = scene()
+    empty = torch.zeros(1, 2)
+    y = reliable_cam_labels(img, normalize_cams(raw, empty), empty, PARAMS)
+    assert set(y.unique().tolist()) <= {0, IGNORE_INDEX}
+    assert (y == 0).float().mean() > 0.9
+
+
+def test_padding_is_ignored():
+    img, raw, labels = scene()
+    valid = torch.ones(1, H, W, dtype=torch.bool)
+    valid[:, :, 12:] = False
+    y = reliable_cam_labels(img, normalize_cams(raw, labels), labels, PARAMS, valid=valid)
+    assert torch.all(y[:, :, 12:] == IGNORE_INDEX)
+    assert y[0, 0, 0] == 0
+
+
+def test_without_background_labels_are_the_image_classes():
+    img = torch.full((1, 3, H, W), 100.0)
+    img[:, 1, :, 8:] = 220.0
+    raw = torch.zeros(1, 3, H, W)
+    raw[0, 0, :, :8] = torch.linspace(1, 2, 8)
+    raw[0, 2, :, 8:] = torch.linspace(2, 1, 8)
+    raw[0, 1] = 5.0  # class 1 is absent: its strong CAM must not matter
+    labels = torch.tensor([[1.0, 0.0, 1.0]])
+    y = reliable_cam_labels(img, normalize_cams(raw, labels), labels, PARAMS, has_background=False)[0]
+    assert set(y.unique().tolist()) <= {0, 2, IGNORE_INDEX}
+    assert y[5, 7] == 0 and y[5, 8] == 2
+
+
+def test_cam_segmentation_thresholds_background():
+    norm = torch.zeros(1, 2, 2, 2)
+    norm[0, 0, 0, 0] = 0.9
+    norm[0, 1, 1, 1] = 0.4
+    labels = torch.tensor([[1.0, 1.0]])
+    seg = cam_segmentation(norm, labels, bg_threshold=0.5)[0]
+    assert seg.tolist() == [[1, 0], [0, 0]]
+    seg = cam_segmentation(norm, labels, bg_threshold=0.3)[0]
+    assert seg.tolist() == [[1, 0], [0, 2]]
+    assert cam_segmentation(norm, torch.tensor([[0.0, 1.0]]), bg_threshold=None)[0].unique().tolist() == [1]
+
+
+def test_refinement_teacher_labels_stay_within_the_image_classes():
+    img, _, _ = scene()
+    probs = torch.softmax(torch.randn(1, 3, H, W) * 3, 1)
+    labels = torch.tensor([[0.0, 1.0]])  # only class 2 (index 1) present
+    y = refinement_teacher_labels(img, probs, labels, CRFParams(iterations=3, window=5), confidence=0.0)
+    assert set(y.unique().tolist()) <= {0, 2}
+    strict = refinement_teacher_labels(img, probs, labels, CRFParams(iterations=3, window=5), confidence=0.999)
+    assert (strict == IGNORE_INDEX).sum() > (y == IGNORE_INDEX).sum()
