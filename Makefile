@@ -1,0 +1,27 @@
+# make demo   : create .venv, install, train ASDT on the synthetic default (CPU, minutes)
+# make test   : create .venv, install, run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(PY) -m asdt_lightning.train
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,111 @@
+import lightning as L
+import pytest
+import torch
+from conftest import CLASS_NAMES, small_module_kwargs
+
+from asdt_lightning.errors import ASDTUserError
+from asdt_lightning.lit.callbacks import PWMCallback
+from asdt_lightning.lit.module import ASDTModule
+from asdt_lightning.models.asdt import build_asdt_net
+
+
+@pytest.mark.parametrize(("output_stride", "has_background"), [(8, True), (16, True), (8, False)])
+def test_network_returns_every_branch(output_stride, has_background):
+    net = build_asdt_net("resnet18", num_classes=5, has_background=has_background, output_stride=output_stride,
+                         head_channels=8)
+    out = net(torch.randn(2, 3, 64, 64))
+    h = 64 // output_stride
+    k = 5 + int(has_background)
+    assert out.cams.shape == (2, 5, h, h)
+    assert out.class_logits.shape == (2, 5)
+    assert out.refine_logits.shape == out.student_logits.shape == (2, k, h, h)
+    assert torch.allclose(out.class_logits, out.cams.mean((2, 3)))
+    assert net.forward_cams(torch.randn(1, 3, 32, 32)).shape == (1, 5, 32 // output_stride, 32 // output_stride)
+
+
+def batch_of(loader):
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("source", [0, 1])
+@pytest.mark.parametrize("distillation", ["hard", "soft"])
+def test_training_step_gives_a_finite_loss_and_trains_every_branch(random_loader, source, distillation):
+    torch.manual_seed(0)
+    module = ASDTModule(**small_module_kwargs(loss={"distillation": distillation}))
+    module.set_teacher(0, source)
+    loss = module.training_step(batch_of(random_loader()), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for head in (module.net.cam_head, module.net.refine_head, module.net.student_head):
+        grads = [p.grad for p in head.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(p.grad.abs().sum() > 0 for p in module.net.student_head.parameters())
+
+
+def test_training_step_on_images_without_any_class_is_finite(random_loader):
+    module = ASDTModule(**small_module_kwargs())
+    batch = batch_of(random_loader())
+    batch["labels"].zero_()
+    for source in (0, 1):
+        module.set_teacher(0, source)
+        loss = module.training_step(batch, 0)
+        assert torch.isfinite(loss)
+        loss.backward()
+
+
+def test_training_step_refuses_to_run_without_the_pwm_callback(random_loader):
+    module = ASDTModule(**small_module_kwargs())
+    with pytest.raises(RuntimeError, match="PWMCallback"):
+        module.training_step(batch_of(random_loader()), 0)
+
+
+def test_parameter_groups_follow_the_1x_2x_10x_20x_rule():
+    module = ASDTModule(**small_module_kwargs(net={"backbone": "resnet18", "head_channels": 8, "frozen_stem": True},
+                                              optimizer={"lr": 0.1, "weight_decay": 1e-4}))
+    groups = {g["name"]: g for g in module.parameter_groups()}
+    assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
+        {"backbone_weight": 0.1, "backbone_bias": 0.2, "head_weight": 1.0, "head_bias": 2.0}
+    )
+    assert groups["backbone_bias"]["weight_decay"] == 0 and groups["head_weight"]["weight_decay"] == 1e-4
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    trainable = [id(p) for p in module.net.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)  # every trainable parameter exactly once
+    assert id(module.net.backbone.conv1.weight) not in grouped  # frozen stem
+    head_params = {id(p) for m in module.net.head_modules() for p in m.parameters()}
+    assert {id(p) for p in groups["head_weight"]["params"]} <= head_params
+
+
+@pytest.mark.parametrize("bad", [{"loss": {"distillation": "fuzzy"}}, {"loss": {"nope": 1}},
+                                 {"cam_scales": [0.5, 1.0]}, {"optimizer": {"name": "rmsprop"}}])
+def test_bad_module_options_raise_user_errors(bad):
+    with pytest.raises(ASDTUserError):
+        ASDTModule(**small_module_kwargs(**bad))
+
+
+def test_nested_options_override_only_what_they_name():
+    module = ASDTModule(**small_module_kwargs(teacher_b={"crf": {"iterations": 3}}))
+    assert module.teacher_b.crf.iterations == 3
+    assert module.teacher_b.crf.bilateral_srgb == 5  # teacher B's own default kept
+
+
+def test_fit_validate_and_reload_from_checkpoint(random_loader, tmp_path):
+    torch.manual_seed(0)
+    module = ASDTModule(**small_module_kwargs())
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[PWMCallback(period=2, duty=0.5)],
+                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(module, random_loader(), random_loader(n=4))
+    trainer.validate(module, random_loader(n=4), verbose=False)
+    results = module.val_results
+    assert set(results["miou"]) == {"cam", "refine", "student", "fused"}
+    assert all(0.0 <= v <= 1.0 for v in results["miou"].values())
+    assert set(results["per_class_iou"]["fused"]) == {"background", *CLASS_NAMES}
+    assert results["cam_threshold"] in module.cam_thresholds
+    # the poly schedule decays to zero at max_steps
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = ASDTModule.load_from_checkpoint(path)
+    x = torch.randn(1, 3, 64, 64)
+    module.eval(), reloaded.eval()
+    assert torch.allclose(module(x).student_logits, reloaded(x).student_logits)
