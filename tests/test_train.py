@@ -1,0 +1,99 @@
+"""The Hydra entry point: a fast_dev_run end to end, and every bad input refused before training."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from asdt_lightning.errors import ASDTUserError
+from asdt_lightning.train import train
+
+TINY = [
+    "dataset.synthetic.num_train=8",
+    "dataset.synthetic.num_val=4",
+    "dataset.synthetic.image_size=64",
+    "dataset.crop_size=64",
+    "dataset.val_size=64",
+    "dataset.batch_size=2",
+    "dataset.val_batch_size=2",
+    "dataset.num_workers=0",
+    "model.net.head_channels=8",
+    "model.cam_scales=[1.0]",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+]
+
+
+def config(tmp_path, *overrides):
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        return compose("train", overrides=[*TINY, f"output_dir={tmp_path}", *overrides])
+
+
+def test_fast_dev_run_trains_validates_and_writes_metrics(tmp_path):
+    metrics = train(config(tmp_path, "trainer.fast_dev_run=true", "pwm.duty=0.5"))
+    assert set(metrics["miou"]) == {"cam", "refine", "student", "fused"}
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["miou"] == metrics["miou"]
+    assert (tmp_path / "config_resolved.yaml").is_file()
+
+
+def test_short_run_writes_a_checkpoint_that_resumes(tmp_path):
+    train(config(tmp_path, "trainer.max_steps=3", "logger=none"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    out2 = tmp_path / "resumed"
+    metrics = train(config(out2, "trainer.max_steps=5", "logger=none", f"ckpt_path={last}"))
+    assert metrics["global_step"] == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pwm.duty=1.5"], "pwm.duty"),
+        (["pwm.duty=-0.2"], "pwm.duty"),
+        (["pwm.period=0"], "pwm.period"),
+        (["backbone.name=resnet7"], "unknown backbone 'resnet7'"),
+        (["backbone.weights=/nonexistent/w.pth"], "/nonexistent/w.pth"),
+        (["dataset=voc", "dataset.root=/nonexistent/VOCdevkit"], "/nonexistent/VOCdevkit"),
+    ],
+)
+def test_bad_input_is_refused_before_training(tmp_path, overrides, message):
+    with pytest.raises(ASDTUserError, match=message) as err:
+        train(config(tmp_path, *overrides))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_incomplete_voc_root_names_what_is_missing(tmp_path):
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    (root / "ImageSets/Segmentation/val.txt").write_text("a\n")
+    with pytest.raises(ASDTUserError, match="train_aug"):
+        train(config(tmp_path / "out", "dataset=voc", f"dataset.root={tmp_path / 'VOCdevkit'}"))
+
+
+def test_weights_that_do_not_match_the_backbone_are_refused(tmp_path):
+    from asdt_lightning.models.backbones import build_backbone
+
+    path = tmp_path / "r50.pth"
+    torch.save(build_backbone("resnet50").state_dict(), path)
+    with pytest.raises(ASDTUserError, match="does not match"):
+        train(config(tmp_path / "out", f"backbone.weights={path}"))
+
+
+def test_command_line_prints_a_one_line_error_and_exits_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "asdt_lightning.train", "pwm.duty=2", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: pwm.duty must lie in [0, 1]")
