@@ -34,7 +34,7 @@ def test_callback_sets_the_teacher_from_the_global_step_and_logs_it(tmp_path, ra
     trainer, seen = fit(tmp_path, 9, random_loader(n=6, batch_size=2, size=32))  # 3 batches an epoch: 3 epochs
     assert [s for s, _ in seen] == list(range(9))
     assert [src for _, src in seen] == [pwm_signal(t, **PWM) for t in range(9)]
-    assert [src for _, src in seen] == [0, 0, 1, 1, 0, 0, 1, 1, 0]
+    assert [src for _, src in seen] == [0, 0, 0, 0, 1, 1, 0, 0, 1]  # warm-up, then on at t mod 4 < 2
     assert "pwm/signal" in trainer.callback_metrics
 
 
