@@ -1,10 +1,10 @@
 import lightning as L
 import torch
-from conftest import small_module_kwargs
 
 from asdt_lightning.lit.callbacks import PWMCallback
 from asdt_lightning.lit.module import ASDTModule
 from asdt_lightning.method.pwm import pwm_signal
+from conftest import small_module_kwargs
 
 PWM = dict(period=4, duty=0.5, warmup=2)
 

@@ -1,12 +1,12 @@
 import lightning as L
 import pytest
 import torch
-from conftest import CLASS_NAMES, small_module_kwargs
 
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.lit.callbacks import PWMCallback
 from asdt_lightning.lit.module import ASDTModule
 from asdt_lightning.models.asdt import build_asdt_net
+from conftest import CLASS_NAMES, small_module_kwargs
 
 
 @pytest.mark.parametrize(("output_stride", "has_background"), [(8, True), (16, True), (8, False)])
