@@ -13,10 +13,8 @@ from hydra import compose, initialize_config_module
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.train import train
 
+TINY_SYNTHETIC = ["dataset.synthetic.num_train=8", "dataset.synthetic.num_val=4", "dataset.synthetic.image_size=64"]
 TINY = [
-    "dataset.synthetic.num_train=8",
-    "dataset.synthetic.num_val=4",
-    "dataset.synthetic.image_size=64",
     "dataset.crop_size=64",
     "dataset.val_size=64",
     "dataset.batch_size=2",
@@ -31,7 +29,8 @@ TINY = [
 
 def config(tmp_path, *overrides):
     with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
-        return compose("train", overrides=[*TINY, f"output_dir={tmp_path}", *overrides])
+        tiny = TINY if "dataset=voc" in overrides else [*TINY_SYNTHETIC, *TINY]
+        return compose("train", overrides=[*tiny, f"output_dir={tmp_path}", *overrides])
 
 
 def test_fast_dev_run_trains_validates_and_writes_metrics(tmp_path):

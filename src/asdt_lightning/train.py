@@ -106,9 +106,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         PWMCallback(**plain["pwm"]),
         ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
                         save_last=True, save_top_k=-1, every_n_train_steps=None),
-        LearningRateMonitor(logging_interval="step"),
     ]
     loggers = [instantiate(c) for c in (plain.get("logger") or {}).values()]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(
         **plain["trainer"],
         callbacks=callbacks,
