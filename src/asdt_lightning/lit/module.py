@@ -45,6 +45,7 @@ class LossWeights:
     teacher_b: float = 1.0
     distillation: str = "hard"  # "hard": CE on teacher B's CRF labels; "soft": KL to its CRF probabilities
     temperature: float = 1.0
+    classifier_warmup: int = 0  # steps trained on L_cls alone, while CAMs are still noise (from-scratch runs)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,13 @@ class ASDTModule(L.LightningModule):
             )
         images, image_labels, valid = batch["image"], batch["labels"], batch["valid"]
         out = self.net(images)
+        loss_cls = classification_loss(out.class_logits.float(), image_labels)
+        if self.global_step < self.loss_weights.classifier_warmup:
+            loss = self.loss_weights.cls * loss_cls + 0.0 * (out.refine_logits.sum() + out.student_logits.sum())
+            self.log_dict({"train/loss": loss, "train/loss_cls": loss_cls}, on_step=True, on_epoch=False,
+                          batch_size=images.shape[0])
+            self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
+            return loss
         size = out.refine_logits.shape[-2:]
         pixel_step = images.shape[-1] / size[-1]
         rgb = self.rgb_at(images, size)
@@ -203,7 +211,6 @@ class ASDTModule(L.LightningModule):
                 target_b = self._teacher_b_target(rgb, refine_probs, image_labels, pixel_step, valid_lr)
 
         refine_logits, student_logits = out.refine_logits.float(), out.student_logits.float()
-        loss_cls = classification_loss(out.class_logits.float(), image_labels)
         loss_refine_ce = balanced_cross_entropy(refine_logits, labels_a, self.has_background)
         loss_refine_pair = self._pairwise(refine_logits, rgb, pixel_step, valid_lr)
         if not from_b:
