@@ -96,3 +96,24 @@ def test_command_line_prints_a_one_line_error_and_exits_2(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: pwm.duty must lie in [0, 1]")
+
+
+def test_paper_experiment_and_sweeps_compose():
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        paper = compose("train", overrides=["experiment=voc_paper", "output_dir=/tmp/x"])
+        sweep = compose("train", overrides=["sweep=pwm_duty", "output_dir=/tmp/x"], return_hydra_config=True)
+    assert paper.backbone.name == "resnet38" and paper.backbone.output_stride == 8 and paper.backbone.frozen_bn
+    assert paper.dataset.name == "voc" and paper.dataset.crop_size == 321 and paper.dataset.batch_size == 4
+    assert list(paper.model.cam_scales) == [1.0, 0.5, 1.5, 2.0]
+    assert (paper.pwm.period, paper.pwm.warmup) == (150, 1000) and abs(paper.pwm.duty - 1 / 6) < 1e-9
+    assert paper.model.optimizer.lr == 7e-4 and paper.trainer.max_steps == 20000 and paper.seed == 42
+    duties = [float(d) for d in sweep.hydra.sweeper.params["pwm.duty"].split(",")]
+    assert duties == pytest.approx([0, 1 / 6, 1 / 3, 1 / 2, 2 / 3, 1])
+
+
+def test_paper_experiment_uses_the_released_optimiser_groups():
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        paper = compose("train", overrides=["experiment=voc_paper", "output_dir=/tmp/x"])
+    o = paper.model.optimizer
+    assert (o.name, o.backbone_bias_mult, o.head_weight_mult, o.head_bias_mult) == ("sgd", 2.0, 10.0, 20.0)
+    assert paper.model.loss.classifier_warmup == 0 and paper.model.teacher_a.bg_score_threshold == 0.8

@@ -41,6 +41,9 @@ class SyntheticSpec:
     seed: int = 0
     context_correlation: float = 0.6  # probability that the scene is the first object's class's preferred one
     cue_extent: float = 0.35  # the cue is the part of the body beyond this fraction of the half major axis
+    min_radius: float = 0.16  # half major axis, as a fraction of the image size
+    max_radius: float = 0.32
+    generator_version: int = 2  # bumped whenever the drawing changes, so caches of older drawings are not reused
 
     def names(self) -> tuple[list[str], list[str]]:
         total = self.num_train + self.num_val
@@ -69,7 +72,7 @@ def render_sample(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarr
     for c in classes:
         for _ in range(30):  # place with limited overlap
             cy, cx = rng.uniform(0.2 * s, 0.8 * s, 2)
-            a = rng.uniform(0.12 * s, 0.27 * s)
+            a = rng.uniform(spec.min_radius * s, spec.max_radius * s)
             b = rng.uniform(0.08 * s, 0.8 * a)
             theta = rng.uniform(0, np.pi)
             u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
