@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from asdt_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -13,11 +14,12 @@ from asdt_lightning.data.transforms import (
 )
 
 
-def coded(h=40, w=52):
+def coded(h=40, w=52, cell=4):
     """An image whose pixels encode their position, and a mask derived from the same code."""
     yy, xx = np.mgrid[0:h, 0:w]
-    image = np.stack([yy * 5 % 256, xx * 4 % 256, (yy // 4 + xx // 4) % 2 * 200], -1).astype(np.uint8)
-    mask = ((yy // 4 + xx // 4) % 2).astype(np.uint8) + 1  # a checkerboard of classes 1 and 2
+    checker = (yy // cell + xx // cell) % 2
+    image = np.stack([yy * 5 % 256, xx * 4 % 256, checker * 200], -1).astype(np.uint8)
+    mask = checker.astype(np.uint8) + 1  # a checkerboard of classes 1 and 2
     return image, mask
 
 
@@ -43,18 +45,21 @@ def test_crop_and_flip_keep_mask_and_image_aligned_pixel_by_pixel(seed):
     assert torch.equal(checker_from_image[valid], mask_t[valid])
     assert (mask_t[~valid] == 255).all()
     assert valid.float().mean() < 1.0  # the 40-pixel-high image needed padding to 48
-    assert image_t[:, ~valid].abs().max() < 1e-3  # padding is the mean colour: 0 after normalisation
+    assert image_t[:, ~valid].abs().max() < 0.02  # padding is the mean colour (to uint8): ~0 once normalised
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_random_scale_keeps_alignment_up_to_interpolated_edges(seed):
-    image, mask = coded(64, 64)
+    image, mask = coded(64, 64, cell=16)
     transform = build_train_transform(48, scale_range=(0.6, 1.4), hflip=True)
     transform.set_random_seed(seed)
     image_t, mask_t, valid = apply_transform(transform, image, mask)
     checker_from_image = (denormalise(image_t)[2] > 100).long() + 1
-    agree = (checker_from_image[valid] == mask_t[valid]).float().mean()
-    assert agree > 0.9  # only pixels on the checkerboard's edges may differ under bilinear resizing
+    m = mask_t[None, None].float()
+    near_edge = (F.max_pool2d(m, 3, 1, 1) != -F.max_pool2d(-m, 3, 1, 1))[0, 0]
+    disagree = (checker_from_image != mask_t) & valid
+    assert not (disagree & ~near_edge).any()  # bilinear vs nearest resizing may differ only beside an edge
+    assert (checker_from_image[valid] == mask_t[valid]).float().mean() > 0.85
 
 
 def test_val_transform_resizes_the_long_side_and_pads_bottom_right():

@@ -16,10 +16,14 @@ from .voc import VOCSegmentation, check_voc_root
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random (used by albumentations) from the worker's torch seed."""
+    """Seed numpy, random and the dataset's albumentations pipeline from the worker's torch seed."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None:
+        transform.set_random_seed(seed)
 
 
 class VOCDataModule(L.LightningDataModule):
@@ -71,6 +75,8 @@ class VOCDataModule(L.LightningDataModule):
             self.val_set = VOCSegmentation(self.root, self.val_list, self.class_names, self.val_transform)
 
     def _loader(self, dataset: VOCSegmentation, batch_size: int, train: bool) -> DataLoader:
+        if dataset.transform is not None:  # reproducible augmentation in the main process (num_workers=0)
+            dataset.transform.set_random_seed(self.seed)
         return DataLoader(
             dataset,
             batch_size=batch_size,
