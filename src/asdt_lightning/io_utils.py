@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def cache_dir() -> Path:
+    """Where generated data and caches go: ``$ASDT_CACHE`` or ``~/.cache/asdt_lightning``."""
+    return Path(os.environ.get("ASDT_CACHE", Path.home() / ".cache" / "asdt_lightning")).expanduser()
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     path = Path(path)

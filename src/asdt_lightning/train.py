@@ -104,8 +104,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [
         PWMCallback(**plain["pwm"]),
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-                        save_last=True, save_top_k=-1, every_n_train_steps=None),
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best-step{step:06d}", auto_insert_metric_name=False,
+                        monitor="val/miou_fused", mode="max", save_top_k=1, save_last=True),
     ]
     loggers = [instantiate(c) for c in (plain.get("logger") or {}).values()]
     if loggers:

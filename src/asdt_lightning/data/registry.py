@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from ..errors import ASDTUserError
+from ..io_utils import cache_dir
 from .synthetic import SYNTHETIC_CLASSES, SyntheticSpec
 from .voc import VOC_CLASSES
 
@@ -21,11 +21,6 @@ def dataset_class_names(name: str) -> list[str]:
         known = sorted(DATASET_CLASSES)
         raise ASDTUserError(f"unknown dataset '{name}'; set dataset.class_names or choose one of {known}")
     return list(DATASET_CLASSES[name])
-
-
-def cache_dir() -> Path:
-    """``$ASDT_CACHE`` or ``~/.cache/asdt_lightning``."""
-    return Path(os.environ.get("ASDT_CACHE", Path.home() / ".cache" / "asdt_lightning")).expanduser()
 
 
 def default_synthetic_root(spec: SyntheticSpec) -> Path:

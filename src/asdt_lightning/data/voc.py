@@ -16,15 +16,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..constants import IGNORE_INDEX
 from ..errors import DatasetError
-from ..io_utils import atomic_write, atomic_write_text
+from ..io_utils import atomic_write, atomic_write_text, cache_dir
+from .transforms import apply_transform
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
     "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)"
-IGNORE_INDEX = 255
 
 
 def voc_palette() -> list[int]:
@@ -132,8 +133,7 @@ def read_image_labels(xml_path: str | Path, class_to_index: Mapping[str, int]) -
 def _label_cache_path(root: Path, split: str, names: Sequence[str], class_names: Sequence[str]) -> Path:
     key = json.dumps([str(root.resolve()), split, list(names), list(class_names)])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    base = Path(os.environ.get("ASDT_CACHE", Path.home() / ".cache" / "asdt_lightning")).expanduser()
-    return base / "labels" / f"{digest}.json"
+    return cache_dir() / "labels" / f"{digest}.json"
 
 
 def load_image_labels(root: Path, split: str, names: Sequence[str], class_names: Sequence[str]) -> list[list[int]]:
@@ -208,8 +208,6 @@ class VOCSegmentation(Dataset):
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from .transforms import apply_transform
-
         image, mask = self.read_sample(index)
         image_t, mask_t, valid = apply_transform(self.transform, image, mask)
         labels = torch.zeros(self.num_classes)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
 from .crf import CRFParams, local_crf
-
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
