@@ -1,3 +1,5 @@
+"""The VOC DataModule on a tiny synthetic root: batch contract, reproducibility, cheap checks."""
+
 import pytest
 import torch
 
@@ -8,7 +10,9 @@ from asdt_lightning.errors import DatasetError
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return ensure_synthetic_voc(tmp_path_factory.mktemp("syn"), SyntheticSpec(num_train=16, num_val=8, image_size=64))
+    return ensure_synthetic_voc(
+        tmp_path_factory.mktemp("syn"), SyntheticSpec(num_train=16, num_val=8, image_size=64)
+    )
 
 
 def module(root, **kw):
@@ -23,12 +27,20 @@ def module(root, **kw):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_have_the_documented_shapes(root, workers):
     dm = module(root, num_workers=workers)
-    batch = next(iter(dm.train_dataloader()))
+    assert dm.num_classes == 6 and dm.class_names == list(SYNTHETIC_CLASSES)
+    loader = dm.train_dataloader()
+    assert loader.drop_last and loader.persistent_workers == (workers > 0)
+    batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 48, 48) and batch["image"].dtype == torch.float32
     assert batch["mask"].shape == (4, 48, 48) and batch["mask"].dtype == torch.int64
-    assert batch["valid"].dtype == torch.bool and batch["labels"].shape == (4, len(SYNTHETIC_CLASSES))
+    assert batch["valid"].shape == (4, 48, 48) and batch["valid"].dtype == torch.bool
+    assert batch["labels"].shape == (4, 6) and batch["labels"].dtype == torch.float32
+    assert len(batch["name"]) == 4 and batch["index"].shape == (4,)
+    assert (batch["mask"][~batch["valid"]] == 255).all()
+    assert set(batch["mask"].unique().tolist()) <= set(range(7)) | {255}
     val = next(iter(dm.val_dataloader()))
-    assert val["image"].shape == (4, 3, 64, 64)
+    assert val["image"].shape == (4, 3, 64, 64) and val["mask"].shape == (4, 64, 64)
+    assert val["name"] == dm.val_set.names[:4]  # validation is not shuffled
     assert len(dm.train_dataloader()) == 4  # drop_last over 16 images
 
 
@@ -36,9 +48,23 @@ def test_batches_have_the_documented_shapes(root, workers):
 def test_same_seed_gives_the_same_batches(root, workers):
     a = next(iter(module(root, num_workers=workers).train_dataloader()))
     b = next(iter(module(root, num_workers=workers).train_dataloader()))
-    assert a["name"] == b["name"] and torch.equal(a["image"], b["image"])
+    assert (
+        a["name"] == b["name"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    )
+    assert a["name"] != sorted(a["name"]) or a["index"].tolist() != list(range(4))  # shuffled
     c = next(iter(module(root, num_workers=workers, seed=4).train_dataloader()))
     assert c["name"] != a["name"] or not torch.equal(c["image"], a["image"])
+
+
+def test_augmentation_differs_between_epochs_and_workers(root):
+    """Seeded, but not the same random crop for every sample (workers and epochs get their own streams)."""
+    dm = module(root, num_workers=2, batch_size=2, crop_size=100, scale_range=(0.5, 1.5))
+    loader = dm.train_dataloader()
+    first = [b["valid"].sum((1, 2)) for b in loader]  # the scaled image's area: a proxy for the scale
+    second = [b["valid"].sum((1, 2)) for b in loader]
+    assert len(set(torch.cat(first).tolist())) > 8
+    assert not torch.equal(first[0], first[1])  # batches 0 and 1 come from different workers
+    assert not all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
 
 
 def test_check_names_a_missing_root_or_list(root, tmp_path):
@@ -46,3 +72,6 @@ def test_check_names_a_missing_root_or_list(root, tmp_path):
         VOCDataModule(tmp_path / "missing_root", SYNTHETIC_CLASSES).check()
     with pytest.raises(DatasetError, match="nolist"):
         VOCDataModule(root, SYNTHETIC_CLASSES, train_list="nolist").check()
+    with pytest.raises(DatasetError, match="nolist_val"):
+        VOCDataModule(root, SYNTHETIC_CLASSES, val_list="nolist_val").check()
+    assert VOCDataModule(root, SYNTHETIC_CLASSES).check() == root

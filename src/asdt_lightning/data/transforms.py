@@ -10,69 +10,91 @@ import numpy as np
 import torch
 
 from ..constants import IGNORE_INDEX
+from ..errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_TARGETS = {"valid": "mask"}  # the validity map is a second mask: nearest resizing, filled like the mask
 
 
 def _pad(size: int, mean: Sequence[float], position: str) -> A.PadIfNeeded:
     """Pad to ``size``: image with the mean colour (0 after normalisation), masks with 255."""
     return A.PadIfNeeded(
-        min_height=size, min_width=size, position=position, border_mode=cv2.BORDER_CONSTANT,
-        fill=tuple(255.0 * m for m in mean), fill_mask=IGNORE_INDEX,
+        min_height=size,
+        min_width=size,
+        position=position,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=tuple(255.0 * m for m in mean),
+        fill_mask=IGNORE_INDEX,
     )
 
 
 def build_train_transform(
     crop_size: int,
-    scale_range: Sequence[float] = (0.7, 1.3),
+    scale_range: tuple[float, float] = (0.7, 1.3),
     hflip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     color_jitter: float = 0.0,
 ) -> A.Compose:
-    """Random scale (bilinear image, nearest masks), pad with ignore, random crop, flip, colour jitter, normalise."""
+    """Random scale (bilinear image, nearest masks), pad with ignore, random crop, flip, jitter, normalise.
+
+    The scale factor is uniform in ``scale_range``; the output is ``crop_size`` x ``crop_size``.
+    """
     low, high = scale_range
+    if not 0 < low <= high:
+        raise DatasetError(f"dataset.scale_range must be [low, high] with 0 < low <= high, got {scale_range}")
     steps: list[A.BasicTransform] = [
-        A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+        A.RandomScale(
+            scale_limit=(low - 1.0, high - 1.0),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+            p=1.0,
+        ),
         _pad(crop_size, mean, "center"),
         A.RandomCrop(crop_size, crop_size),
     ]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if color_jitter > 0:
-        steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0))
+        jitter = color_jitter
+        steps.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0.0))
     steps.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
-    return A.Compose(steps, additional_targets={"valid": "mask"})
+    return A.Compose(steps, additional_targets=_TARGETS)
 
 
 def build_val_transform(
     size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> A.Compose:
-    """Resize the longer side to ``size`` and pad to ``size x size`` at the top-left (so batches stack)."""
+    """Resize the longer side to ``size``, pad to ``size`` x ``size`` at the top-left (so batches stack)."""
     return A.Compose(
         [
-            A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST),
+            A.LongestMaxSize(
+                max_size=size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
+            ),
             _pad(size, mean, "top_left"),
             A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
         ],
-        additional_targets={"valid": "mask"},
+        additional_targets=_TARGETS,
     )
+
+
+_NORMALISE_ONLY = A.Compose(
+    [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0)], additional_targets=_TARGETS
+)
 
 
 def apply_transform(
     transform: A.Compose | None, image: np.ndarray, mask: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(H, W, 3) uint8 image, (H, W) uint8 mask -> (3, h, w) float32 image, (h, w) int64 mask, (h, w) bool valid.
+    """Transform one sample: the single place where the data contract lives.
 
-    ``valid`` is False where the transform padded. Without a transform the image is only normalised.
+    (H, W, 3) uint8 image and (H, W) uint8 mask -> (3, h, w) float32 normalised image, (h, w) int64 mask
+    (255 = ignore, also on padding) and (h, w) bool ``valid`` (False where the transform padded). Without a
+    transform the image is only normalised with the ImageNet statistics.
     """
-    if transform is None:
-        transform = A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0)],
-                              additional_targets={"valid": "mask"})
-    out = transform(image=image, mask=mask, valid=np.zeros(mask.shape, dtype=np.uint8))
-    image_t = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))).float()
+    out = (transform or _NORMALISE_ONLY)(image=image, mask=mask, valid=np.zeros(mask.shape, dtype=np.uint8))
+    image_t = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1), dtype=np.float32))
     mask_t = torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
     valid_t = torch.from_numpy(np.ascontiguousarray(out["valid"]) == 0)
     return image_t, mask_t, valid_t
