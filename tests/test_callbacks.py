@@ -22,9 +22,17 @@ class TeacherRecorder(L.Callback):
 def fit(tmp_path, max_steps, loader, ckpt_path=None, pwm=PWM):
     torch.manual_seed(0)
     recorder = TeacherRecorder()
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[PWMCallback(**pwm), recorder],
-                        default_root_dir=tmp_path, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PWMCallback(**pwm), recorder],
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     module = ASDTModule(**small_module_kwargs(net={"backbone": "resnet18", "head_channels": 4}, cam_scales=[1.0]))
     trainer.fit(module, loader, ckpt_path=ckpt_path)
     return trainer, recorder.seen

@@ -99,9 +99,7 @@ def make_root(tmp, names=("a", "b"), objects=(("cat", "dog"), ("person",)), mask
         (root / sub).mkdir(parents=True, exist_ok=True)
     for name, objs in zip(names, objects, strict=True):
         Image.fromarray(np.full((*size, 3), 100, np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
-        xml = "".join(
-            f"<object><name>{o}</name><difficult>{i % 2}</difficult></object>" for i, o in enumerate(objs)
-        )
+        xml = "".join(f"<object><name>{o}</name><difficult>{i % 2}</difficult></object>" for i, o in enumerate(objs))
         (root / "Annotations" / f"{name}.xml").write_text(f"<annotation>{xml}</annotation>")
         if masks:
             write_mask_png(root / "SegmentationClass" / f"{name}.png", np.zeros(size, np.uint8))
@@ -112,9 +110,7 @@ def make_root(tmp, names=("a", "b"), objects=(("cat", "dog"), ("person",)), mask
 def test_image_labels_include_difficult_objects_and_fail_clearly(tmp_path):
     root = make_root(tmp_path, names=("a",), objects=(("dog", "cat", "dog", "person"),))
     assert read_image_labels(root / "Annotations" / "a.xml", INDEX) == [7, 11, 14]  # sorted, unique
-    (root / "Annotations" / "bad.xml").write_text(
-        "<annotation><object><name>unicorn</name></object></annotation>"
-    )
+    (root / "Annotations" / "bad.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
     with pytest.raises(DatasetError, match=r"unicorn.*bad\.xml|bad\.xml.*unicorn"):
         read_image_labels(root / "Annotations" / "bad.xml", INDEX)
     (root / "Annotations" / "broken.xml").write_text("<annotation><object>")
@@ -218,9 +214,7 @@ def test_real_masks_through_the_dataset(tmp_path, real_masks):
         mask = real_masks[n][2]
         os.symlink(REAL / "SegmentationClass" / f"{n}.png", root / "SegmentationClass" / f"{n}.png")
         Image.fromarray(np.zeros((*mask.shape, 3), np.uint8)).save(root / "JPEGImages" / f"{n}.jpg")
-        objs = "".join(
-            f"<object><name>{VOC_CLASSES[v - 1]}</name></object>" for v in np.unique(mask) if 0 < v < 255
-        )
+        objs = "".join(f"<object><name>{VOC_CLASSES[v - 1]}</name></object>" for v in np.unique(mask) if 0 < v < 255)
         (root / "Annotations" / f"{n}.xml").write_text(f"<annotation>{objs}</annotation>")
     (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(names))
     ds = VOCSegmentation(root, "val", VOC_CLASSES)

@@ -10,9 +10,7 @@ from asdt_lightning.errors import DatasetError
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return ensure_synthetic_voc(
-        tmp_path_factory.mktemp("syn"), SyntheticSpec(num_train=16, num_val=8, image_size=64)
-    )
+    return ensure_synthetic_voc(tmp_path_factory.mktemp("syn"), SyntheticSpec(num_train=16, num_val=8, image_size=64))
 
 
 def module(root, **kw):
@@ -48,9 +46,7 @@ def test_batches_have_the_documented_shapes(root, workers):
 def test_same_seed_gives_the_same_batches(root, workers):
     a = next(iter(module(root, num_workers=workers).train_dataloader()))
     b = next(iter(module(root, num_workers=workers).train_dataloader()))
-    assert (
-        a["name"] == b["name"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
-    )
+    assert a["name"] == b["name"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
     assert a["name"] != sorted(a["name"]) or a["index"].tolist() != list(range(4))  # shuffled
     c = next(iter(module(root, num_workers=workers, seed=4).train_dataloader()))
     assert c["name"] != a["name"] or not torch.equal(c["image"], a["image"])

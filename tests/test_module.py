@@ -11,8 +11,9 @@ from conftest import CLASS_NAMES, small_module_kwargs
 
 @pytest.mark.parametrize(("output_stride", "has_background"), [(8, True), (16, True), (8, False)])
 def test_network_returns_every_branch(output_stride, has_background):
-    net = build_asdt_net("resnet18", num_classes=5, has_background=has_background, output_stride=output_stride,
-                         head_channels=8)
+    net = build_asdt_net(
+        "resnet18", num_classes=5, has_background=has_background, output_stride=output_stride, head_channels=8
+    )
     out = net(torch.randn(2, 3, 64, 64))
     h = 64 // output_stride
     k = 5 + int(has_background)
@@ -60,8 +61,12 @@ def test_training_step_refuses_to_run_without_the_pwm_callback(random_loader):
 
 
 def test_parameter_groups_follow_the_1x_2x_10x_20x_rule():
-    module = ASDTModule(**small_module_kwargs(net={"backbone": "resnet18", "head_channels": 8, "frozen_stem": True},
-                                              optimizer={"lr": 0.1, "weight_decay": 1e-4}))
+    module = ASDTModule(
+        **small_module_kwargs(
+            net={"backbone": "resnet18", "head_channels": 8, "frozen_stem": True},
+            optimizer={"lr": 0.1, "weight_decay": 1e-4},
+        )
+    )
     groups = {g["name"]: g for g in module.parameter_groups()}
     assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
         {"backbone_weight": 0.1, "backbone_bias": 0.2, "head_weight": 1.0, "head_bias": 2.0}
@@ -75,8 +80,15 @@ def test_parameter_groups_follow_the_1x_2x_10x_20x_rule():
     assert {id(p) for p in groups["head_weight"]["params"]} <= head_params
 
 
-@pytest.mark.parametrize("bad", [{"loss": {"distillation": "fuzzy"}}, {"loss": {"nope": 1}},
-                                 {"cam_scales": [0.5, 1.0]}, {"optimizer": {"name": "rmsprop"}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"loss": {"distillation": "fuzzy"}},
+        {"loss": {"nope": 1}},
+        {"cam_scales": [0.5, 1.0]},
+        {"optimizer": {"name": "rmsprop"}},
+    ],
+)
 def test_bad_module_options_raise_user_errors(bad):
     with pytest.raises(ASDTUserError):
         ASDTModule(**small_module_kwargs(**bad))
@@ -91,9 +103,16 @@ def test_nested_options_override_only_what_they_name():
 def test_fit_validate_and_reload_from_checkpoint(random_loader, tmp_path):
     torch.manual_seed(0)
     module = ASDTModule(**small_module_kwargs())
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[PWMCallback(period=2, duty=0.5)],
-                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PWMCallback(period=2, duty=0.5)],
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, random_loader(), random_loader(n=4))
     trainer.validate(module, random_loader(n=4), verbose=False)
     results = module.val_results

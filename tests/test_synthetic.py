@@ -38,9 +38,7 @@ def test_generation_is_deterministic_and_in_voc_layout(tmp_path):
     assert sum(k.startswith("JPEGImages/") for k in fa) == 20
     assert sum(k.startswith("SegmentationClass/") for k in fa) == 20
     assert sum(k.startswith("Annotations/") for k in fa) == 20
-    lists = {
-        s: (a / f"ImageSets/Segmentation/{s}.txt").read_text().split() for s in ("train", "val", "trainval")
-    }
+    lists = {s: (a / f"ImageSets/Segmentation/{s}.txt").read_text().split() for s in ("train", "val", "trainval")}
     assert lists["train"] == [f"syn_{i:06d}" for i in range(14)]
     assert lists["val"] == [f"syn_{i:06d}" for i in range(14, 20)]
     assert lists["trainval"] == lists["train"] + lists["val"]
@@ -58,9 +56,7 @@ def test_samples_depend_only_on_seed_and_index():
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     assert mask.shape == cue.shape == (64, 64) and mask.dtype == np.uint8 and cue.dtype == bool
     other = SyntheticSpec(num_train=500, num_val=1, image_size=64)  # other sizes of the split, same seed
-    assert all(
-        np.array_equal(x, y) for x, y in zip(render_sample(other, 5)[:3], (image, mask, cue), strict=True)
-    )
+    assert all(np.array_equal(x, y) for x, y in zip(render_sample(other, 5)[:3], (image, mask, cue), strict=True))
     reseeded = render_sample(SyntheticSpec(num_train=14, num_val=6, image_size=64, seed=1), 5)
     assert not np.array_equal(reseeded[0], image)
 
@@ -109,11 +105,7 @@ def test_labels_and_annotations_match_the_masks(big_root):
             for obj in tree.iter("object"):
                 box = [int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
                 cls = SYNTHETIC_CLASSES.index(obj.findtext("name")) + 1
-                assert (
-                    obj.findtext("difficult") == "0"
-                    and 1 <= box[0] <= box[2] <= 64
-                    and 1 <= box[1] <= box[3] <= 64
-                )
+                assert obj.findtext("difficult") == "0" and 1 <= box[0] <= box[2] <= 64 and 1 <= box[1] <= box[3] <= 64
                 inside = mask[box[1] - 1 : box[3], box[0] - 1 : box[2]]
                 assert (inside == cls).any()
                 ys, xs = np.nonzero(mask == cls)

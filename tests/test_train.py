@@ -91,7 +91,10 @@ def test_command_line_prints_a_one_line_error_and_exits_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.run(
         [sys.executable, "-m", "asdt_lightning.train", "pwm.duty=2", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

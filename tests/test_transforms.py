@@ -40,9 +40,7 @@ def test_crop_and_flip_keep_mask_and_image_aligned_pixel_by_pixel(seed):
     transform.set_random_seed(seed)
     image_t, mask_t, valid = apply_transform(transform, image, mask)
     assert image_t.shape == (3, 48, 48) and image_t.dtype == torch.float32
-    assert (
-        mask_t.shape == valid.shape == (48, 48) and mask_t.dtype == torch.int64 and valid.dtype == torch.bool
-    )
+    assert mask_t.shape == valid.shape == (48, 48) and mask_t.dtype == torch.int64 and valid.dtype == torch.bool
     rgb = denormalise(image_t)
     rows = torch.round(rgb[0] / 5).long()
     cols = torch.round(rgb[1] / 4).long()
@@ -103,9 +101,7 @@ def test_scale_factor_is_drawn_from_the_range():
     half = build_train_transform(48, scale_range=(0.5, 0.5), hflip=False)
     _, mask_t, valid = apply_transform(half, image, mask)
     assert valid.sum() == 32 * 32  # 64 -> 32, padded to 48
-    assert (mask_t[valid].view(32, 32)[:8, :8] == 1).all() and (
-        mask_t[valid].view(32, 32)[:8, 8:16] == 2
-    ).all()
+    assert (mask_t[valid].view(32, 32)[:8, :8] == 1).all() and (mask_t[valid].view(32, 32)[:8, 8:16] == 2).all()
     varied = build_train_transform(200, scale_range=(0.7, 1.3), hflip=False)
     sides = set()
     for seed in range(8):

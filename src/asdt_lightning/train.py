@@ -104,8 +104,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [
         PWMCallback(**plain["pwm"]),
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best-step{step:06d}", auto_insert_metric_name=False,
-                        monitor="val/miou_fused", mode="max", save_top_k=1, save_last=True),
+        ModelCheckpoint(
+            dirpath=out_dir / "checkpoints",
+            filename="best-step{step:06d}",
+            auto_insert_metric_name=False,
+            monitor="val/miou_fused",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+        ),
     ]
     loggers = [instantiate(c) for c in (plain.get("logger") or {}).values()]
     if loggers:
@@ -130,8 +137,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "backbone": plain["backbone"]["name"],
     }
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    branch_names = {"cam": "CAM teacher (A)", "refine": "refinement teacher (R)", "student": "student (S)",
-                    "fused": "fused (max R, S)"}
+    branch_names = {
+        "cam": "CAM teacher (A)",
+        "refine": "refinement teacher (R)",
+        "student": "student (S)",
+        "fused": "fused (max R, S)",
+    }
     table = miou_table({branch_names[k]: v for k, v in metrics["miou"].items()})
     print(f"\n{table}\n(CAM at its best background threshold {metrics['cam_threshold']}; outputs in {out_dir})")
     return metrics

@@ -60,9 +60,7 @@ class VOCDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self._class_names = list(class_names)
         self.train_list, self.val_list = train_list, val_list
-        self.train_transform = build_train_transform(
-            crop_size, tuple(scale_range), hflip, mean, std, color_jitter
-        )
+        self.train_transform = build_train_transform(crop_size, tuple(scale_range), hflip, mean, std, color_jitter)
         self.val_transform = build_val_transform(val_size or crop_size, mean, std)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -84,9 +82,7 @@ class VOCDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = VOCSegmentation(
-                self.root, self.train_list, self._class_names, self.train_transform
-            )
+            self.train_set = VOCSegmentation(self.root, self.train_list, self._class_names, self.train_transform)
         if self.val_set is None:
             self.val_set = VOCSegmentation(self.root, self.val_list, self._class_names, self.val_transform)
 

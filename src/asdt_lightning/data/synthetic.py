@@ -78,10 +78,7 @@ class SyntheticSpec:
             "need 1 <= min_objects <= max_objects": 1 <= self.min_objects <= self.max_objects,
             "need 0 < min_radius <= max_radius <= 0.5": 0 < self.min_radius <= self.max_radius <= 0.5,
             "need 0 < min_aspect <= max_aspect <= 1": 0 < self.min_aspect <= self.max_aspect <= 1,
-            "need 0 < min_cue_fraction <= max_cue_fraction < 1": 0
-            < self.min_cue_fraction
-            <= self.max_cue_fraction
-            < 1,
+            "need 0 < min_cue_fraction <= max_cue_fraction < 1": 0 < self.min_cue_fraction <= self.max_cue_fraction < 1,
             "context_correlation must be in [0, 1]": 0 <= self.context_correlation <= 1,
         }
         for message, ok in checks.items():

@@ -69,9 +69,7 @@ def build_val_transform(
     """Resize the longer side to ``size``, pad to ``size`` x ``size`` at the top-left (so batches stack)."""
     return A.Compose(
         [
-            A.LongestMaxSize(
-                max_size=size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
-            ),
+            A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST),
             _pad(size, mean, "top_left"),
             A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
         ],

@@ -122,8 +122,7 @@ def check_voc_root(root: str | Path, splits: Sequence[str], masks_required: Sequ
     resolved = resolve_voc_root(root)
     if not (resolved / "Annotations").is_dir():
         raise DatasetError(
-            f"{resolved / 'Annotations'} is missing: image labels come from its XML files; "
-            f"it is part of {VOC_URL}"
+            f"{resolved / 'Annotations'} is missing: image labels come from its XML files; it is part of {VOC_URL}"
         )
     for split in splits:
         read_split(resolved, split)
@@ -168,9 +167,7 @@ def label_cache_path(root: Path, list_path: Path, class_names: Sequence[str]) ->
     return cache_dir() / "labels" / f"{digest.hexdigest()[:20]}.json"
 
 
-def load_image_labels(
-    root: Path, split: str, names: Sequence[str], class_names: Sequence[str]
-) -> list[list[int]]:
+def load_image_labels(root: Path, split: str, names: Sequence[str], class_names: Sequence[str]) -> list[list[int]]:
     """Image labels of a list, parsed from the XML files once and then read from a JSON cache."""
     cache = label_cache_path(root, split_list_path(root, split), class_names)
     if cache.is_file():

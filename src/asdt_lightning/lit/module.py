@@ -190,8 +190,12 @@ class ASDTModule(L.LightningModule):
         loss_cls = classification_loss(out.class_logits.float(), image_labels)
         if self.global_step < self.loss_weights.classifier_warmup:
             loss = self.loss_weights.cls * loss_cls + 0.0 * (out.refine_logits.sum() + out.student_logits.sum())
-            self.log_dict({"train/loss": loss, "train/loss_cls": loss_cls}, on_step=True, on_epoch=False,
-                          batch_size=images.shape[0])
+            self.log_dict(
+                {"train/loss": loss, "train/loss_cls": loss_cls},
+                on_step=True,
+                on_epoch=False,
+                batch_size=images.shape[0],
+            )
             self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
             return loss
         size = out.refine_logits.shape[-2:]
@@ -251,8 +255,14 @@ class ASDTModule(L.LightningModule):
             allowed = allowed_labels(image_labels, self.has_background)
             return local_crf(rgb, refine_probs, self.teacher_b.crf, pixel_step, allowed=allowed)
         return refinement_teacher_labels(
-            rgb, refine_probs, image_labels, self.teacher_b.crf, self.teacher_b.confidence,
-            self.has_background, pixel_step, valid_lr,
+            rgb,
+            refine_probs,
+            image_labels,
+            self.teacher_b.crf,
+            self.teacher_b.confidence,
+            self.has_background,
+            pixel_step,
+            valid_lr,
         )
 
     def _pairwise(self, logits, rgb, pixel_step, valid_lr) -> torch.Tensor:

@@ -38,8 +38,9 @@ def merge_multiscale_cams(cams: Sequence[torch.Tensor], size: tuple[int, int]) -
     Returns:
         (B, C, *size) averaged CAMs.
     """
-    resized = [c if c.shape[-2:] == size else F.interpolate(c, size, mode="bilinear", align_corners=False)
-               for c in cams]
+    resized = [
+        c if c.shape[-2:] == size else F.interpolate(c, size, mode="bilinear", align_corners=False) for c in cams
+    ]
     return torch.stack(resized).mean(0)
 
 
