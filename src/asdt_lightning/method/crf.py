@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 
 
+_LOG_FLOOR = -87.0  # exp(-87) ~ 1.6e-38, just above float32's smallest normal number
+_WEIGHT_FLOOR = 1e-20  # normalised weights below this are exactly 0 (products with them would be subnormal)
+
+
 @dataclass(frozen=True)
 class CRFParams:
     """Parameters of the local-window CRF (defaults: the released code's teacher-A CRF)."""
@@ -67,9 +71,41 @@ def local_affinity(
     if srgb is not None:
         diff = _neighbours(image, window) - image[:, :, None]
         logk = logk - diff.pow(2).sum(1) / (2 * srgb**2)
-    k = torch.exp(logk.expand(b, -1, h, w)) * inside
+    # Weights below e^-87 are set to 0 rather than computed: exp would make them subnormal floats, which CPUs
+    # process ~100x slower, and they could not change a row summing to 1 at float32 precision anyway.
+    logk = logk.expand(b, -1, h, w)
+    k = torch.exp(logk.clamp_min(_LOG_FLOOR)) * ((logk > _LOG_FLOOR) * inside)
     k[:, (window * window) // 2] = 0.0  # no self-interaction
-    return k / k.sum(1, keepdim=True).clamp_min(1e-8)
+    k = k / k.sum(1, keepdim=True).clamp_min(1e-8)
+    return k.masked_fill_(k < _WEIGHT_FLOOR, 0.0)  # negligible weights would make subnormal messages
+
+
+def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: str | None = None) -> torch.Tensor:
+    """One mean-field message: ``m[b, k, p] = sum_n kernel[b, n, p] * q[b, k, p + offset_n]`` (zero outside).
+
+    Args:
+        q: (B, K, H, W) current marginals; kernel: (B, window*window, H, W) from ``crf_kernel``.
+        method: ``"unfold"`` materialises every pixel's neighbours, (B, K, window*window, H, W), in one op (few
+            large kernels: the GPU choice); ``"shift"`` adds one shifted slice of ``q`` per window offset in place
+            (no large temporary: on CPU, allocating and first-touching the unfolded tensor costs more than the
+            arithmetic). ``None``: ``"unfold"`` on CUDA, ``"shift"`` elsewhere. Both give the same result.
+    Returns:
+        (B, K, H, W) messages.
+    """
+    method = method or ("unfold" if q.is_cuda else "shift")
+    if method == "unfold":
+        return (_neighbours(q, window) * kernel[:, None]).sum(2)
+    if method != "shift":
+        raise ValueError(f"unknown message-passing method {method!r}; use 'unfold' or 'shift'")
+    _b, _k, h, w = q.shape
+    r = window // 2
+    padded = F.pad(q, (r, r, r, r))
+    message = torch.zeros_like(q)
+    for n in range(window * window):
+        dy, dx = divmod(n, window)
+        if n != (window * window) // 2:  # the centre's weight is 0 (no self-interaction)
+            message.addcmul_(padded[:, :, dy : dy + h, dx : dx + w], kernel[:, n : n + 1])
+    return message
 
 
 def crf_kernel(image: torch.Tensor, params: CRFParams, pixel_step: float = 1.0) -> torch.Tensor:
@@ -85,6 +121,7 @@ def local_crf(
     params: CRFParams,
     pixel_step: float = 1.0,
     allowed: torch.Tensor | None = None,
+    method: str | None = None,
 ) -> torch.Tensor:
     """Mean-field inference of a Potts CRF with local Gaussian + bilateral kernels.
 
@@ -93,6 +130,7 @@ def local_crf(
         probs: (B, K, H, W) unary class probabilities.
         pixel_step: image pixels per pixel of ``probs`` (the kernels' spatial unit).
         allowed: optional (B, K) bool; classes not allowed keep probability 0.
+        method: how messages are computed (see ``message_passing``; default: by device).
     Returns:
         (B, K, H, W) refined probabilities.
     """
@@ -100,9 +138,8 @@ def local_crf(
     if allowed is not None:
         allowed = allowed | ~allowed.any(1, keepdim=True)  # an image with no allowed label keeps them all
         unary = unary.masked_fill(~allowed[:, :, None, None], float("-inf"))
-    kernel = crf_kernel(image, params, pixel_step)[:, None]  # (B, 1, N, H, W)
+    kernel = crf_kernel(image, params, pixel_step)  # (B, N, H, W)
     q = torch.softmax(unary, dim=1)
     for _ in range(params.iterations):
-        message = (_neighbours(q, params.window) * kernel).sum(2)
-        q = torch.softmax(unary + message, dim=1)
+        q = torch.softmax(unary + message_passing(q, kernel, params.window, method), dim=1)
     return q
