@@ -1,5 +1,6 @@
 # make demo   : create .venv, install, train ASDT on the synthetic default (CPU, minutes)
 # make test   : create .venv, install, run the test suite
+# make bench  : run every benchmark, write benchmarks/RESULTS.md (CPU: about 5-8 minutes)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -22,6 +23,9 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests
+
+bench: install
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import machine_info, md_table, median, timed
 from asdt_lightning.method.crf import CRFParams, crf_kernel, local_crf, message_passing
+from benchmarks._common import machine_info, md_table, median, timed
 
 METHODS = ("unfold", "shift")
 
@@ -125,7 +125,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     it = result["shapes"][0]["iterations"]
     ops = "\n\n".join(
-        f"Top ops of one CRF, method `{m}` (last shape, window 9):\n\n```\n{t}\n```" for m, t in result["top_ops"].items()
+        f"Top ops of one CRF, method `{m}` (last shape, window 9):\n\n```\n{t}\n```"
+        for m, t in result["top_ops"].items()
     )
     return (
         f"{title}\n\n{cmd}\n\n{it} mean-field iterations, {result['threads']} thread(s); median of the repeats. "

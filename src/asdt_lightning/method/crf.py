@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 _LOG_FLOOR = -87.0  # exp(-87) ~ 1.6e-38, just above float32's smallest normal number
 _WEIGHT_FLOOR = 1e-20  # normalised weights below this are exactly 0 (products with them would be subnormal)
 

@@ -1,0 +1,63 @@
+"""The benchmark scripts run on a tiny setting and produce well-formed output (no timing is checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from benchmarks import crf_profile, quality, run_all, train_step
+
+
+def test_train_step_tiny_reports_every_variant_ratio_and_breakdown(tmp_path):
+    out = tmp_path / "ts.md"
+    argv = ["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--breakdown-repeats", "1", "--no-memory"]
+    result = train_step.main([*argv, "--md", str(out), "--json", str(tmp_path / "ts.json")])
+    assert result["status"] == "measured"
+    times = result["sizes"]["1x32"]["seconds"]
+    assert set(times) == {
+        "lower bound",
+        *(f"{v} [{s}]" for v in ("ASDT", "ASDT 1-scale", "two-model") for s in "AB"),
+    }
+    assert all(len(t) == 1 and t[0] > 0 for t in times.values())
+    parts = result["sizes"]["1x32"]["breakdown"]["ASDT [B]"]
+    assert {"backbone fwd", "CRF A (alpha low)", "CRF A (alpha high)", "CRF B", "backward: backbone"} <= set(parts)
+    text = out.read_text()
+    assert "ratio to lower bound" in text and "Targets (issue 6)" in text
+    assert json.loads((tmp_path / "ts.json").read_text())["preset"] == "tiny"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_gpu_preset_without_gpu_says_not_measured():
+    result = train_step.main(["--preset", "gpu"])
+    assert result["status"] == "not measured: no GPU"
+    assert "not measured: no GPU" in train_step.markdown(result)
+
+
+def test_crf_profile_tiny_methods_agree(tmp_path):
+    argv = ["--shape", "1x3x8", "--windows", "3", "--iterations", "2", "--repeats", "1", "--md", str(tmp_path / "c")]
+    result = crf_profile.main(argv)
+    (shape,) = result["shapes"]
+    assert shape["max_abs_diff"] < 1e-4
+    assert "speed-up" in (tmp_path / "c").read_text()
+
+
+def test_quality_table_gathers_finished_runs_and_marks_missing_ones(tmp_path):
+    run = quality.run_dir(tmp_path, "ASDT duty 1/2", 0)
+    run.mkdir(parents=True)
+    metrics = {"miou": {"cam": 0.3, "refine": 0.4, "student": 0.5, "fused": 0.55}, "global_step": 20}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    records = quality.main(["--gather-only", "--seeds", "0", "--out", str(tmp_path), "--md", str(tmp_path / "q.md")])
+    status = {r["variant"]: r["status"] for r in records}
+    assert status["ASDT duty 1/2"] == "done" and status["ASDT duty 1/6"] == "missing"
+    assert status["fully supervised (upper bound)"] == "not available"
+    text = (tmp_path / "q.md").read_text()
+    assert "| ASDT duty 1/2 | 30.0 ± 0.0 | 40.0 ± 0.0 | 50.0 ± 0.0 | 55.0 ± 0.0 |" in text
+
+
+def test_run_all_header_and_jobs():
+    info = {"date": "d", "cpu": "c", "cores": 2, "gpu": None, "python": "3", "torch": "t", "lightning": "l"}
+    text = run_all.header({**info, "load_average_1_5_15": [4.0, 4, 4]}, {**info, "load_average_1_5_15": None}, [])
+    assert "under load" in text and "make bench" in text
+    titles = [t for t, _ in run_all.jobs(quick=False)]
+    assert any("GPU" in t for t in titles) and any("CPU" in t for t in titles)
