@@ -91,3 +91,16 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*self.log.*")
     warnings.filterwarnings("ignore", message=".*trainer.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def shown_args(argv: list[str]) -> str:
+    """The arguments as a command shows them, without the output paths (``--md``, ``--json``)."""
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--md", "--json"):
+            skip = True
+        else:
+            shown.append(a)
+    return " ".join(shown)

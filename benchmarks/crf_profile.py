@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from asdt_lightning.method.crf import CRFParams, crf_kernel, local_crf, message_passing
-from benchmarks._common import machine_info, md_table, median, timed
+from benchmarks._common import machine_info, md_table, median, shown_args, timed
 
 METHODS = ("unfold", "shift")
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--md", type=Path, default=None)
     args = p.parse_args(argv)
     args.shape = args.shape or ["8x7x16", "4x7x24"]
-    args.command = "python -m benchmarks.crf_profile " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = "python -m benchmarks.crf_profile " + shown_args(sys.argv[1:] if argv is None else argv)
     result = run(args)
     text = markdown(result)
     if args.json:

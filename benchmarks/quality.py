@@ -69,7 +69,7 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 records.append(record)
                 continue
             cmd = train_command(overrides, seed, directory, extra)
-            record["command"] = " ".join(cmd[1:]).replace(sys.executable, "python")
+            record["command"] = "python " + " ".join(cmd[1:])
             metrics_file = directory / "metrics.json"
             if not args.gather_only and not metrics_file.is_file():
                 start = time.perf_counter()
