@@ -18,8 +18,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from .data.datamodule import VOCDataModule
@@ -32,6 +31,7 @@ from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.module import ASDTModule
 from .metrics import miou_table
 from .models.backbones import available_backbones
+from .tracking import build_callbacks, build_loggers, check_tracking
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -44,6 +44,7 @@ def check_config(cfg: DictConfig) -> None:
     weights = cfg.backbone.weights
     if weights is not None and not Path(weights).expanduser().is_file():
         raise ASDTUserError(f"backbone.weights file not found: {weights}")
+    check_tracking(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else {}, cfg.tracking)
 
 
 def build_datamodule(data: dict[str, Any], seed: int) -> VOCDataModule:
@@ -114,9 +115,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             save_last=True,
         ),
     ]
-    loggers = [instantiate(c) for c in (plain.get("logger") or {}).values()]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    loggers = build_loggers(plain.get("logger"), {k: v for k, v in plain.items() if k != "hydra"})
+    callbacks += build_callbacks(plain["tracking"], plain["trainer"], out_dir, has_loggers=bool(loggers))
     trainer = L.Trainer(
         **plain["trainer"],
         callbacks=callbacks,

@@ -1,0 +1,162 @@
+"""Experiment tracking for the entry points: loggers (CSV, TensorBoard, W&B; several at once) and the callbacks
+that feed them (learning rates, per-class IoU tables, image panels, rich progress bar and model summary).
+
+W&B never needs an account: ``mode: auto`` runs offline (``wandb sync <run dir>`` uploads later) unless the user
+is logged in (``WANDB_API_KEY`` or a ``wandb login`` entry in ``~/.netrc``) or ``WANDB_MODE`` says otherwise.
+Group and run name default to the Hydra sweep's name and the run's overrides.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import netrc
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, RichModelSummary, RichProgressBar
+from lightning.pytorch.loggers import Logger
+
+from .errors import ASDTUserError
+from .lit.callbacks import PerClassIoULogger
+from .lit.image_logging import ImagePanelLogger
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+PROGRESS_BARS = ("rich", "tqdm")
+_WANDB_TARGETS = ("asdt_lightning.tracking.wandb_logger", "lightning.pytorch.loggers.WandbLogger")
+_TENSORBOARD_TARGETS = ("lightning.pytorch.loggers.TensorBoardLogger",)
+
+
+def wandb_logged_in(env: Mapping[str, str] | None = None) -> bool:
+    """Whether W&B has credentials here: ``WANDB_API_KEY`` or an ``api.wandb.ai`` entry in the netrc file."""
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY"):
+        return True
+    path = Path(env.get("NETRC") or Path(env.get("HOME", Path.home())) / ".netrc").expanduser()
+    try:
+        return path.is_file() and netrc.netrc(path).authenticators("api.wandb.ai") is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str, env: Mapping[str, str] | None = None) -> str:
+    """``auto`` -> ``WANDB_MODE`` if set, else ``online`` with credentials, else ``offline``; others as given."""
+    if mode not in WANDB_MODES:
+        raise ASDTUserError(f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    env = os.environ if env is None else env
+    forced = env.get("WANDB_MODE", "").strip().lower()
+    if forced in ("online", "offline", "disabled"):
+        return forced
+    if forced == "dryrun":
+        return "offline"
+    return "online" if wandb_logged_in(env) else "offline"
+
+
+def hydra_run_info() -> dict[str, Any]:
+    """What Hydra knows of this run (empty outside a Hydra job): ``sweep`` (the chosen sweep config),
+    ``multirun_dir`` (the multirun's folder name, in a multirun) and ``overrides`` (the job's override string)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    return {
+        "sweep": hc.runtime.choices.get("sweep"),
+        "multirun_dir": Path(hc.sweep.dir).name if multirun else None,
+        "overrides": hc.job.override_dirname or None,
+    }
+
+
+def default_group(info: Mapping[str, Any]) -> str | None:
+    """Runs of one sweep share a group: the sweep config's name, else the multirun's folder name."""
+    return info.get("sweep") or (f"multirun-{info['multirun_dir']}" if info.get("multirun_dir") else None)
+
+
+def wandb_logger(
+    project: str = "asdt-lightning",
+    group: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    save_dir: str | Path = ".",
+    mode: str = "auto",
+    log_model: bool | str = False,
+    entity: str | None = None,
+    **kwargs: Any,
+) -> Logger:
+    """A Lightning ``WandbLogger`` that never prompts: offline without credentials (see ``resolve_wandb_mode``).
+
+    ``group`` defaults to the sweep's name and ``name`` to the run's overrides (or its folder's name);
+    ``log_model=True`` logs the best and last checkpoints as artifacts at the end of training, ``"all"`` every one
+    (offline runs keep them for ``wandb sync``).
+    """
+    if importlib.util.find_spec("wandb") is None:
+        raise ASDTUserError('logger=wandb needs the wandb package: pip install -e ".[wandb]"')
+    from lightning.pytorch.loggers import WandbLogger
+
+    info = hydra_run_info()
+    resolved = resolve_wandb_mode(mode)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=project,
+        group=group or default_group(info),
+        name=name or info.get("overrides") or save_dir.name,
+        tags=list(tags),
+        save_dir=str(save_dir),
+        log_model=log_model,
+        entity=entity,
+        mode=resolved,
+        **kwargs,
+    )
+
+
+def check_tracking(loggers: Mapping[str, Any] | None, tracking: Mapping[str, Any]) -> None:
+    """Cheap checks, before data or model are built: the chosen loggers' packages exist, options are valid."""
+    for key, conf in (loggers or {}).items():
+        if not isinstance(conf, Mapping) or "_target_" not in conf:
+            raise ASDTUserError(f"logger.{key} must be a config with a _target_ (see conf/logger/)")
+        target = conf["_target_"]
+        if target in _WANDB_TARGETS:
+            if importlib.util.find_spec("wandb") is None:
+                raise ASDTUserError('logger=wandb needs the wandb package: pip install -e ".[wandb]"')
+            resolve_wandb_mode(conf.get("mode", "auto"))
+        if target in _TENSORBOARD_TARGETS and not any(
+            importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX")
+        ):
+            raise ASDTUserError('logger=tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
+    if tracking.get("progress_bar") not in PROGRESS_BARS:
+        raise ASDTUserError(f"tracking.progress_bar must be one of {', '.join(PROGRESS_BARS)}")
+    panels = tracking.get("panels", 0)
+    if isinstance(panels, bool) or not isinstance(panels, int) or panels < 0:
+        raise ASDTUserError(f"tracking.panels must be a number of images >= 0, got {panels!r}")
+
+
+def build_loggers(loggers: Mapping[str, Any] | None, config: Mapping[str, Any] | None = None) -> list[Logger]:
+    """Instantiate every configured logger and log the resolved run ``config`` (a plain dict) to each."""
+    built = [instantiate(conf) for conf in (loggers or {}).values()]
+    if config is not None:
+        for logger in built:
+            logger.log_hyperparams({"config": dict(config)})
+    return built
+
+
+def build_callbacks(
+    tracking: Mapping[str, Any], trainer: Mapping[str, Any], out_dir: str | Path, has_loggers: bool
+) -> list[L.Callback]:
+    """Learning rates (with loggers), per-class IoU tables, image panels, rich progress bar and model summary."""
+    callbacks: list[L.Callback] = [PerClassIoULogger(out_dir)]
+    if has_loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if tracking.get("panels", 0) > 0:
+        callbacks.append(ImagePanelLogger(tracking["panels"], out_dir, tracking.get("panel_tile", 192)))
+    if tracking.get("progress_bar") == "rich" and trainer.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar())
+    if trainer.get("enable_model_summary", True):
+        callbacks.append(RichModelSummary(max_depth=tracking.get("summary_depth", 2)))
+    return callbacks
