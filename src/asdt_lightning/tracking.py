@@ -18,7 +18,8 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, RichModelSummary, RichProgressBar
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from .errors import ASDTUserError
 from .lit.callbacks import PerClassIoULogger
@@ -160,3 +161,17 @@ def build_callbacks(
     if trainer.get("enable_model_summary", True):
         callbacks.append(RichModelSummary(max_depth=tracking.get("summary_depth", 2)))
     return callbacks
+
+
+@rank_zero_only
+def finish_loggers(loggers: Sequence[Logger], summary: Mapping[str, Any] | None = None) -> None:
+    """End of a run: put the final per-branch mIoU into each W&B run's summary and close it.
+
+    A W&B run left open would swallow the next run of a multirun in the same process.
+    """
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            run = logger.experiment
+            if summary is not None:
+                run.summary.update({f"final/miou_{k}": v for k, v in summary.get("miou", {}).items()})
+            run.finish()

@@ -31,7 +31,7 @@ from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.module import ASDTModule
 from .metrics import miou_table
 from .models.backbones import available_backbones
-from .tracking import build_callbacks, build_loggers, check_tracking
+from .tracking import build_callbacks, build_loggers, check_tracking, finish_loggers
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -137,6 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "backbone": plain["backbone"]["name"],
     }
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    finish_loggers(loggers, metrics)
     branch_names = {
         "cam": "CAM teacher (A)",
         "refine": "refinement teacher (R)",
