@@ -87,6 +87,8 @@ def test_parameter_groups_follow_the_1x_2x_10x_20x_rule():
         {"loss": {"nope": 1}},
         {"cam_scales": [0.5, 1.0]},
         {"optimizer": {"name": "rmsprop"}},
+        {"label_upsample": 0},
+        {"label_upsample": 1.5},
     ],
 )
 def test_bad_module_options_raise_user_errors(bad):
@@ -128,3 +130,28 @@ def test_fit_validate_and_reload_from_checkpoint(random_loader, tmp_path):
     x = torch.randn(1, 3, 64, 64)
     module.eval(), reloaded.eval()
     assert torch.allclose(module(x).student_logits, reloaded(x).student_logits)
+
+
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_teacher_labels_and_pixel_losses_live_at_the_label_resolution(random_loader, monkeypatch, upsample):
+    import asdt_lightning.lit.module as module_code
+
+    seen = {}
+    original = module_code.reliable_cam_labels
+
+    def spy(image, norm_cams, *args, **kwargs):
+        seen["image"], seen["cams"] = image.shape, norm_cams.shape
+        labels = original(image, norm_cams, *args, **kwargs)
+        seen["labels"] = labels.shape
+        return labels
+
+    monkeypatch.setattr(module_code, "reliable_cam_labels", spy)
+    module = ASDTModule(**small_module_kwargs(label_upsample=upsample))
+    module.set_teacher(0, 1)
+    batch = batch_of(random_loader(size=64))
+    loss = module.training_step(batch, 0)
+    side = 64 // 8 * upsample  # output stride 8
+    assert seen["labels"] == (2, side, side)
+    assert seen["image"][-2:] == seen["cams"][-2:] == (side, side)
+    loss.backward()
+    assert all(p.grad is not None for p in module.net.refine_head.parameters())

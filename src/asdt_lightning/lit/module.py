@@ -115,12 +115,16 @@ class ASDTModule(L.LightningModule):
         pairwise: dict[str, Any] | None = None,
         optimizer: dict[str, Any] | None = None,
         cam_thresholds: Sequence[float] = tuple(round(0.05 * i, 2) for i in range(1, 20)),
+        label_upsample: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.has_background = has_background
         self.cam_scales = [float(s) for s in cam_scales]
+        if int(label_upsample) != label_upsample or label_upsample < 1:
+            raise ASDTUserError(f"model.label_upsample must be a positive integer, got {label_upsample}")
+        self.label_upsample = int(label_upsample)
         if not self.cam_scales or self.cam_scales[0] != 1.0:
             raise ASDTUserError(f"model.cam_scales must start with 1.0 (the scale with gradient), got {cam_scales}")
         self.loss_weights = _from_dict(LossWeights, loss)
@@ -168,6 +172,17 @@ class ASDTModule(L.LightningModule):
         """(B, H, W) bool -> (B, *size) bool: a low-resolution pixel is valid if most of it is."""
         return F.interpolate(valid[:, None].float(), size, mode="area")[:, 0] > 0.5
 
+    def label_resolution(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) -> (B, K, h * u, w * u) float32, bilinear, u = ``label_upsample``.
+
+        Pseudo labels, CRFs and pixel losses live at this resolution: at output stride 8 a small crop gives
+        too few pixels per object for the pairwise terms to follow its outline.
+        """
+        maps = maps.float()
+        if self.label_upsample == 1:
+            return maps
+        return F.interpolate(maps, scale_factor=self.label_upsample, mode="bilinear", align_corners=False)
+
     def training_cams(self, images: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
         """Multi-scale CAMs: the scale-1 CAMs (detached) averaged with no-grad CAMs at the other scales."""
         size = cams.shape[-2:]
@@ -198,23 +213,25 @@ class ASDTModule(L.LightningModule):
             )
             self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
             return loss
-        size = out.refine_logits.shape[-2:]
+        refine_logits = self.label_resolution(out.refine_logits)
+        student_logits = self.label_resolution(out.student_logits)
+        size = refine_logits.shape[-2:]
         pixel_step = images.shape[-1] / size[-1]
         rgb = self.rgb_at(images, size)
         valid_lr = self.valid_at(valid, size)
         w = self.loss_weights
 
         with torch.no_grad():
-            norm_cams = normalize_cams(self.training_cams(images, out.cams).float(), image_labels)
+            cams = self.label_resolution(self.training_cams(images, out.cams))
+            norm_cams = normalize_cams(cams, image_labels)
             labels_a = reliable_cam_labels(
                 rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr
             )
             from_b = self.teacher_source == TEACHER_B
             if from_b:
-                refine_probs = torch.softmax(out.refine_logits.detach().float(), 1)
+                refine_probs = torch.softmax(refine_logits.detach(), 1)
                 target_b = self._teacher_b_target(rgb, refine_probs, image_labels, pixel_step, valid_lr)
 
-        refine_logits, student_logits = out.refine_logits.float(), out.student_logits.float()
         loss_refine_ce = balanced_cross_entropy(refine_logits, labels_a, self.has_background)
         loss_refine_pair = self._pairwise(refine_logits, rgb, pixel_step, valid_lr)
         if not from_b:
