@@ -88,6 +88,7 @@ def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
         teacher_b=model["teacher_b"],
         pairwise=model["pairwise"],
         optimizer=model["optimizer"],
+        label_upsample=model["label_upsample"],
     )
 
 
