@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from asdt_lightning.method.crf import CRFParams, local_affinity, local_crf
@@ -58,3 +59,22 @@ def test_crf_with_no_allowed_label_falls_back_to_all():
     probs = torch.softmax(torch.randn(1, 3, 12, 12), 1)
     out = local_crf(two_colour_image(), probs, CRFParams(iterations=2), allowed=torch.zeros(1, 3, dtype=torch.bool))
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_shift_and_unfold_message_passing_agree(window):
+    from asdt_lightning.method.crf import message_passing
+
+    torch.manual_seed(0)
+    q = torch.softmax(torch.randn(2, 4, 7, 9), 1)
+    kernel = torch.rand(2, window * window, 7, 9)
+    kernel[:, (window * window) // 2] = 0.0
+    shift = message_passing(q, kernel, window, "shift")
+    unfold = message_passing(q, kernel, window, "unfold")
+    assert torch.allclose(shift, unfold, atol=1e-6)
+    # a hand-checked entry: pixel (3, 4) receives its right neighbour's marginals with that offset's weight
+    only_right = torch.zeros_like(kernel)
+    only_right[:, (window // 2) * window + window // 2 + 1] = 1.0
+    assert torch.allclose(message_passing(q, only_right, window, "shift")[:, :, 3, 4], q[:, :, 3, 5])
+    with pytest.raises(ValueError, match="unknown"):
+        message_passing(q, kernel, window, "dense")
