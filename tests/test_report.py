@@ -99,7 +99,7 @@ def test_seeded_sweep_with_wandb_and_no_account_then_report(tmp_path):
     """A real multirun: no W&B account, no stdin; every run its own offline W&B run in the sweep's group."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(PYTHONPATH=SRC, HOME=str(tmp_path / "home"), WANDB_SILENT="true", OMP_NUM_THREADS="1")
-    env["WANDB_CONFIG_DIR"] = env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb_home")
+    env["WANDB_CONFIG_DIR"] = env["WANDB_CACHE_DIR"] = env["WANDB_DATA_DIR"] = str(tmp_path / "wandb_home")
     sweep_dir = tmp_path / "multirun"
     tiny = [
         "dataset.synthetic.num_train=8",
