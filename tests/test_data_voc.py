@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from asdt_lightning.data import voc as voc_module
 from asdt_lightning.data.voc import (
     VOC_CLASSES,
     VOCSegmentation,
@@ -22,10 +23,9 @@ from asdt_lightning.data.voc import (
     write_mask_png,
 )
 from asdt_lightning.errors import DatasetError
+from data_roots import real_voc_masks
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2012_val_masks"
-if not REAL.is_dir():
-    REAL = Path("/work/shared/data/voc2012_val_masks")
+REAL = real_voc_masks()
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="shared VOC val masks not available")
 INDEX = {c: i for i, c in enumerate(VOC_CLASSES)}
 
@@ -146,17 +146,25 @@ def test_segmentation_class_aug_is_preferred_and_missing_masks_are_ignore(tmp_pa
     assert (VOCSegmentation(bare, "val", VOC_CLASSES)[1]["mask"] == 255).all()
 
 
-def test_image_labels_are_cached_and_keyed_by_list_content(tmp_path, monkeypatch):
+def test_image_labels_are_parsed_once_per_root_and_reparsed_when_a_file_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
     root = make_root(tmp_path)
-    VOCSegmentation(root, "val", VOC_CLASSES)
-    cached = list((tmp_path / "cache" / "labels").glob("*.json"))
-    assert len(cached) == 1 and json.loads(cached[0].read_text()) == [[7, 11], [14]]
-    (root / "Annotations" / "a.xml").write_text("<annotation><object><name>bus</name></object></annotation>")
-    assert VOCSegmentation(root, "val", VOC_CLASSES).image_labels == [[7, 11], [14]]  # from the cache
-    (root / "ImageSets/Segmentation/val.txt").write_text("a\nb\n\n")  # new content: parsed again
+    parsed = []
+    real_parse = voc_module.ET.parse
+    monkeypatch.setattr(voc_module.ET, "parse", lambda path: parsed.append(Path(path).name) or real_parse(path))
+    assert VOCSegmentation(root, "val", VOC_CLASSES).image_labels == [[7, 11], [14]]
+    assert sorted(parsed) == ["a.xml", "b.xml"]
+    cached = list((tmp_path / "cache" / "labels").glob("voc-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["entries"]["a"][1] == ["cat", "dog"]
+    (root / "ImageSets/Segmentation/train.txt").write_text("b\n")
+    assert VOCSegmentation(root, "train", VOC_CLASSES).image_labels == [[14]]  # another list: same cache
+    assert len(parsed) == 2
+    xml = root / "Annotations" / "a.xml"
+    xml.write_text("<annotation><object><name>bus</name></object></annotation>")
+    os.utime(xml, ns=(1, 1))  # a changed file (size and mtime) is parsed again, the other is not
     assert VOCSegmentation(root, "val", VOC_CLASSES).image_labels == [[5], [14]]
-    assert len(list((tmp_path / "cache" / "labels").glob("*.json"))) == 2
+    assert sorted(parsed) == ["a.xml", "a.xml", "b.xml"]
+    assert len(list((tmp_path / "cache" / "labels").glob("*.json"))) == 1
 
 
 def test_a_list_can_be_a_path(tmp_path):

@@ -1,18 +1,22 @@
-"""The LightningDataModule over a VOC-layout root (PASCAL VOC or the synthetic dataset)."""
+"""The LightningDataModule over any dataset reader (PASCAL VOC, COCO-Stuff 10K, the synthetic dataset)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .dataset import DatasetWarning, SegmentationDataset, SegmentationReader, SkipBadCollate, check_policy
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, build_val_transform
-from .voc import VOCSegmentation, check_voc_root
+from .voc import VOC_CLASSES, VOCReader
 
 
 def seed_worker(worker_id: int) -> None:
@@ -29,18 +33,19 @@ def seed_worker(worker_id: int) -> None:
         transform.set_random_seed(seed)
 
 
-class VOCDataModule(L.LightningDataModule):
-    """Training batches (random scale, crop, flip) and validation batches (resized, padded) of a VOC root.
+class SegmentationDataModule(L.LightningDataModule):
+    """Training batches (random scale, crop, flip, jitter) and validation batches (resized, padded) of a reader.
 
     Batches are dicts of ``image`` (B, 3, h, w) float32, ``mask`` (B, h, w) int64 (255 = ignore), ``valid``
-    (B, h, w) bool, ``labels`` (B, C) float32, ``name`` (list of str) and ``index`` (B,) int64; h = w =
-    ``crop_size`` for training and ``val_size`` for validation.
+    (B, h, w) bool, ``labels`` (B, C) float32, ``size`` (B, 2) int64 original (H, W), ``name`` (list of str) and
+    ``index`` (B,) int64; h = w = ``crop_size`` for training and ``val_size`` for validation. With
+    ``on_bad_sample="skip"`` a batch may hold fewer samples; the skipped names are counted
+    (:attr:`bad_samples`) and reported when a fit or validation ends.
     """
 
     def __init__(
         self,
-        root: str | Path,
-        class_names: Sequence[str],
+        reader: SegmentationReader,
         train_list: str = "train",
         val_list: str = "val",
         crop_size: int = 321,
@@ -54,39 +59,59 @@ class VOCDataModule(L.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool = False,
         seed: int = 0,
-        color_jitter: float = 0.0,
+        color_jitter: float | Mapping[str, float] = 0.0,
+        on_bad_sample: str = "error",
     ) -> None:
         super().__init__()
-        self.root = Path(root).expanduser()
-        self._class_names = list(class_names)
+        self.reader = reader
         self.train_list, self.val_list = train_list, val_list
+        self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = build_train_transform(crop_size, tuple(scale_range), hflip, mean, std, color_jitter)
         self.val_transform = build_val_transform(val_size or crop_size, mean, std)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
-        self.train_set: VOCSegmentation | None = None
-        self.val_set: VOCSegmentation | None = None
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.train_set: SegmentationDataset | None = None
+        self.val_set: SegmentationDataset | None = None
+        self.bad_samples: Counter[str] = Counter()  # name -> times skipped while loading
+
+    @property
+    def root(self) -> Path:
+        return self.reader.root
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._class_names)
+        return list(self.reader.class_names)
 
     @property
     def num_classes(self) -> int:
-        return len(self._class_names)
+        return self.reader.num_classes
+
+    @property
+    def has_background(self) -> bool:
+        return self.reader.has_background
 
     def check(self) -> Path:
         """Validate the root and both lists (cheap: no image is opened); returns the resolved root."""
-        return check_voc_root(self.root, [self.train_list, self.val_list], masks_required=[self.val_list])
+        return self.reader.check([self.train_list, self.val_list], masks_required=[self.val_list])
+
+    def prepare_data(self) -> None:
+        """One-time conversions (COCO-Stuff's ``.mat`` -> PNG cache); Lightning runs it on one process."""
+        self.reader.prepare([self.train_list, self.val_list])
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = VOCSegmentation(self.root, self.train_list, self._class_names, self.train_transform)
+            self.train_set = self.dataset(self.train_list, self.train_transform)
         if self.val_set is None:
-            self.val_set = VOCSegmentation(self.root, self.val_list, self._class_names, self.val_transform)
+            self.val_set = self.dataset(self.val_list, self.val_transform)
 
-    def _loader(self, dataset: VOCSegmentation, batch_size: int, train: bool) -> DataLoader:
+    def dataset(self, split: str, transform: Any = None, targets: bool = True) -> SegmentationDataset:
+        """A dataset of any list of the root (``targets=False``: images, names and sizes only, e.g. VOC test)."""
+        return SegmentationDataset(self.reader, split, transform, targets, self.on_bad_sample)
+
+    def loader(self, dataset: SegmentationDataset, batch_size: int, train: bool) -> DataLoader:
+        """A DataLoader with this module's workers, seeding and bad-sample handling."""
         if train and dataset.transform is not None:  # reproducible augmentation in the main process too
             dataset.transform.set_random_seed(self.seed)
         return DataLoader(
@@ -99,16 +124,47 @@ class VOCDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=SkipBadCollate(dataset),
         )
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
         assert self.train_set is not None
-        return self._loader(self.train_set, self.batch_size, train=True)
+        return self.loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
             self.setup("validate")
         assert self.val_set is not None
-        return self._loader(self.val_set, self.val_batch_size, train=False)
+        return self.loader(self.val_set, self.val_batch_size, train=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count and remove ``batch["skipped"]`` (names of bad samples dropped by the collate)."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            self.bad_samples.update(batch.pop("skipped"))
+        return batch
+
+    def skipped_summary(self) -> str | None:
+        """One line on what ``on_bad_sample=skip`` skipped (list entries and samples), or None."""
+        entries = {n for ds in (self.train_set, self.val_set) if ds is not None for n in ds.skipped}
+        if not entries and not self.bad_samples:
+            return None
+        names = sorted(self.bad_samples)
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        return (
+            f"dataset.on_bad_sample=skip skipped {len(entries)} list entr(ies) and {len(names)} unreadable "
+            f"sample(s) ({sum(self.bad_samples.values())} reads){': ' + shown if names else ''}"
+        )
+
+    def teardown(self, stage: str) -> None:
+        summary = self.skipped_summary()
+        if summary is not None:
+            warnings.warn(summary, DatasetWarning, 2)
+
+
+class VOCDataModule(SegmentationDataModule):
+    """:class:`SegmentationDataModule` of a VOC-layout root (PASCAL VOC or the synthetic dataset)."""
+
+    def __init__(self, root: str | Path, class_names: Sequence[str] = VOC_CLASSES, **kwargs: Any) -> None:
+        super().__init__(VOCReader(root, class_names), **kwargs)

@@ -1,22 +1,31 @@
-"""Which classes each dataset name has, and where generated data is cached."""
+"""The dataset names of ``conf/dataset/``: their classes, their readers and their DataModule."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from ..errors import ASDTUserError
+from ..errors import ASDTUserError, DatasetError
 from ..io_utils import cache_dir
-from .synthetic import SYNTHETIC_CLASSES, SyntheticSpec
-from .voc import VOC_CLASSES
+from .coco_stuff import CocoStuffReader, coco_stuff_class_names
+from .datamodule import SegmentationDataModule
+from .dataset import SegmentationReader
+from .synthetic import SYNTHETIC_CLASSES, SyntheticSpec, ensure_synthetic_voc
+from .voc import VOC_CLASSES, VOCReader
 
-DATASET_CLASSES: dict[str, tuple[str, ...]] = {"voc": tuple(VOC_CLASSES), "synthetic": tuple(SYNTHETIC_CLASSES)}
+DATASET_CLASSES: dict[str, tuple[str, ...]] = {
+    "voc": tuple(VOC_CLASSES),
+    "synthetic": tuple(SYNTHETIC_CLASSES),
+    "coco_stuff": tuple(coco_stuff_class_names(171)),
+}
 
 
 def dataset_class_names(name: str) -> list[str]:
-    """Foreground class names of a known dataset."""
+    """Foreground class names of a known dataset (COCO-Stuff: the 171 used classes)."""
     if name not in DATASET_CLASSES:
         known = sorted(DATASET_CLASSES)
         raise ASDTUserError(f"unknown dataset '{name}'; set dataset.class_names or choose one of {known}")
@@ -27,3 +36,53 @@ def default_synthetic_root(spec: SyntheticSpec) -> Path:
     """A cache folder unique to the generator's spec, so two specs never share a root."""
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "synthetic" / digest
+
+
+def build_reader(data: Mapping[str, Any]) -> SegmentationReader:
+    """The reader of a ``dataset`` config (``synthetic`` is generated first when its root is missing)."""
+    name = data["name"]
+    class_names = data.get("class_names")
+    if name == "coco_stuff":
+        return CocoStuffReader(
+            data["root"],
+            classes=int(data.get("classes", 171)),
+            class_names=class_names,
+            label_cache=data.get("label_cache"),
+            min_label_pixels=int(data.get("min_label_pixels", 1)),
+            workers=int(data.get("num_workers", 0)),
+        )
+    if name == "synthetic":
+        spec = SyntheticSpec(**data["synthetic"])
+        root = ensure_synthetic_voc(data["root"] or default_synthetic_root(spec), spec)
+        return VOCReader(root, class_names or SYNTHETIC_CLASSES)
+    return VOCReader(data["root"], class_names or dataset_class_names(name))
+
+
+def build_datamodule(data: Mapping[str, Any], seed: int) -> SegmentationDataModule:
+    """The DataModule of a ``dataset`` config, after the cheap check that ``prepare`` also runs."""
+    reader = build_reader(data)
+    if bool(data["has_background"]) != reader.has_background:
+        raise DatasetError(
+            f"dataset.has_background={data['has_background']} but {data['name']} "
+            f"{'has' if reader.has_background else 'has no'} background class; leave it as conf/dataset sets it"
+        )
+    datamodule = SegmentationDataModule(
+        reader,
+        train_list=data["train_list"],
+        val_list=data["val_list"],
+        crop_size=data["crop_size"],
+        scale_range=tuple(data["scale_range"]),
+        hflip=data["hflip"],
+        val_size=data["val_size"],
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        batch_size=data["batch_size"],
+        val_batch_size=data["val_batch_size"],
+        num_workers=data["num_workers"],
+        pin_memory=data["pin_memory"],
+        seed=seed,
+        color_jitter=data.get("color_jitter", 0.0),
+        on_bad_sample=data.get("on_bad_sample", "error"),
+    )
+    datamodule.check()
+    return datamodule

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import albumentations as A
 import cv2
@@ -35,11 +35,13 @@ def build_train_transform(
     hflip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    color_jitter: float = 0.0,
+    color_jitter: float | Mapping[str, float] = 0.0,
 ) -> A.Compose:
     """Random scale (bilinear image, nearest masks), pad with ignore, random crop, flip, jitter, normalise.
 
-    The scale factor is uniform in ``scale_range``; the output is ``crop_size`` x ``crop_size``.
+    The scale factor is uniform in ``scale_range``; the output is ``crop_size`` x ``crop_size``. ``color_jitter``
+    is one strength for brightness, contrast and saturation, or a mapping of ``brightness``, ``contrast``,
+    ``saturation``, ``hue`` and ``p`` (probability, default 1); all zero: no jitter. Only the image changes.
     """
     low, high = scale_range
     if not 0 < low <= high:
@@ -56,11 +58,30 @@ def build_train_transform(
     ]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
-    if color_jitter > 0:
-        jitter = color_jitter
-        steps.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0.0))
+    jitter = color_jitter_params(color_jitter)
+    if any(v > 0 for k, v in jitter.items() if k != "p"):
+        steps.append(A.ColorJitter(**jitter))
     steps.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
     return A.Compose(steps, additional_targets=_TARGETS)
+
+
+JITTER_KEYS = ("brightness", "contrast", "saturation", "hue", "p")
+
+
+def color_jitter_params(color_jitter: float | Mapping[str, float]) -> dict[str, float]:
+    """``dataset.color_jitter`` (a strength, or a mapping of JITTER_KEYS) -> albumentations ColorJitter kwargs."""
+    if isinstance(color_jitter, int | float):
+        strength = float(color_jitter)
+        params = {"brightness": strength, "contrast": strength, "saturation": strength, "hue": 0.0, "p": 1.0}
+    else:
+        unknown = set(color_jitter) - set(JITTER_KEYS)
+        if unknown:
+            raise DatasetError(f"unknown dataset.color_jitter key(s) {sorted(unknown)}; known: {JITTER_KEYS}")
+        params = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "p": 1.0}
+        params.update({k: float(v) for k, v in color_jitter.items()})
+    if any(params[k] < 0 for k in JITTER_KEYS) or params["hue"] > 0.5 or params["p"] > 1:
+        raise DatasetError(f"dataset.color_jitter needs values >= 0, hue <= 0.5 and p <= 1, got {color_jitter}")
+    return params
 
 
 def build_val_transform(

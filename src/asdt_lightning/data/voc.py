@@ -5,21 +5,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from ..constants import IGNORE_INDEX
 from ..errors import DatasetError
 from ..io_utils import atomic_write, atomic_write_text, cache_dir
-from .transforms import apply_transform
+from .dataset import SegmentationDataset, SegmentationReader, list_file_path, read_list_file
 
 # fmt: off
 VOC_CLASSES: tuple[str, ...] = (
@@ -28,6 +24,12 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 # fmt: on
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)"
+SBD_URL = (
+    "SegmentationClassAug/ (SBD masks as VOC PNGs): https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip"
+    ", or convert SBD (http://home.bharathh.info/pubs/codes/SBD/download.html) yourself"
+)
+TRAIN_AUG_URL = "https://github.com/jiwoon-ahn/psa/blob/master/voc12/train_aug.txt"
+VOC_TEST_URL = "the PASCAL VOC evaluation server, http://host.robots.ox.ac.uk:8080/ (registration)"
 
 
 def voc_palette() -> list[int]:
@@ -80,26 +82,25 @@ def resolve_voc_root(root: str | Path) -> Path:
 
 def split_list_path(root: Path, split: str) -> Path:
     """A list name (``train``, ``val``, ``train_aug``...) in ImageSets/Segmentation, or a .txt path."""
-    if split.endswith(".txt") or "/" in split or os.sep in split:
-        return Path(split).expanduser()
-    return root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    return list_file_path(root / "ImageSets" / "Segmentation", split)
+
+
+def list_hint(root: Path, split: str) -> str:
+    """Where to get a missing VOC list."""
+    if Path(split).stem == "train_aug":
+        return (
+            " (train_aug is the 10,582-image SBD-augmented list used by WSSS work: get it from "
+            f"{TRAIN_AUG_URL}, put it there or point dataset.train_list at it)"
+        )
+    if Path(split).stem == "test":
+        return f" (the test images and list are in VOC2012test.tar from {VOC_TEST_URL})"
+    folder = split_list_path(root, split).parent
+    return f" (set dataset.train_list / dataset.val_list to a list in {folder} or a .txt path)"
 
 
 def read_split(root: Path, split: str) -> list[str]:
     """The image ids of a list (first column; ``JPEGImages/x.jpg SegmentationClassAug/x.png`` lines work)."""
-    path = split_list_path(root, split)
-    if not path.is_file():
-        hint = (
-            " (train_aug is the 10,582-image SBD-augmented list used by WSSS work, distributed with "
-            "DeepLab/PSA; put it there or point dataset.train_list at it)"
-            if Path(split).stem == "train_aug"
-            else f" (set dataset.train_list / dataset.val_list to a list in {path.parent} or a .txt path)"
-        )
-        raise DatasetError(f"image list {path} not found{hint}")
-    names = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise DatasetError(f"image list {path} is empty; it needs one image id per line")
-    return names
+    return read_list_file(split_list_path(root, split), list_hint(root, split))
 
 
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")  # searched in this order
@@ -114,13 +115,16 @@ def mask_path(root: Path, name: str) -> Path | None:
     return None
 
 
-def check_voc_root(root: str | Path, splits: Sequence[str], masks_required: Sequence[str] = ()) -> Path:
+def check_voc_root(
+    root: str | Path, splits: Sequence[str], masks_required: Sequence[str] = (), labels_required: bool = True
+) -> Path:
     """Cheap validation of a VOC root: folders and lists exist and are non-empty. Returns the resolved root.
 
-    No image is opened; for the ``masks_required`` splits a mask folder must exist.
+    No image is opened; for the ``masks_required`` splits a mask folder must exist, and ``Annotations/`` unless
+    ``labels_required`` is False (reading images only, e.g. ``test`` for pseudo-mask export).
     """
     resolved = resolve_voc_root(root)
-    if not (resolved / "Annotations").is_dir():
+    if labels_required and not (resolved / "Annotations").is_dir():
         raise DatasetError(
             f"{resolved / 'Annotations'} is missing: image labels come from its XML files; it is part of {VOC_URL}"
         )
@@ -129,132 +133,157 @@ def check_voc_root(root: str | Path, splits: Sequence[str], masks_required: Sequ
     if masks_required and not any((resolved / d).is_dir() for d in MASK_DIRS):
         raise DatasetError(
             f"neither SegmentationClassAug/ nor SegmentationClass/ in {resolved}: list(s) "
-            f"{', '.join(masks_required)} need ground-truth masks (SegmentationClass/ is in {VOC_URL})"
+            f"{', '.join(masks_required)} need ground-truth masks (SegmentationClass/ is in {VOC_URL}; {SBD_URL})"
         )
     return resolved
 
 
-def read_image_labels(xml_path: str | Path, class_to_index: Mapping[str, int]) -> list[int]:
-    """Sorted unique 0-based class indices of every object in a VOC XML file (difficult objects included)."""
+def read_object_classes(xml_path: str | Path) -> list[str]:
+    """The class name of every object in a VOC XML file, in file order (difficult objects included)."""
     try:
         tree = ET.parse(xml_path)
     except (ET.ParseError, OSError) as err:
         raise DatasetError(f"cannot read annotation {xml_path}: {err}; fix or re-extract that file") from None
-    labels = set()
-    for obj in tree.getroot().iter("object"):
-        name = (obj.findtext("name") or "").strip()
+    return [(obj.findtext("name") or "").strip() for obj in tree.getroot().iter("object")]
+
+
+def labels_from_classes(names: Sequence[str], class_to_index: Mapping[str, int], source: str | Path) -> list[int]:
+    """Object class names -> sorted unique 0-based class indices; an unknown name raises, naming ``source``."""
+    for name in names:
         if name not in class_to_index:
             raise DatasetError(
-                f"unknown class '{name}' in {xml_path}; known: {', '.join(class_to_index)} "
+                f"unknown class '{name}' in {source}; known: {', '.join(class_to_index)} "
                 "(set dataset.class_names to match the annotations)"
             )
-        labels.add(class_to_index[name])
-    return sorted(labels)
+    return sorted({class_to_index[n] for n in names})
 
 
-def label_cache_path(root: Path, list_path: Path, class_names: Sequence[str]) -> Path:
-    """``<cache>/labels/<hash>.json``, keyed by the resolved root, the list path and content, the classes."""
-    digest = hashlib.sha256()
-    parts = (
-        str(root.resolve()),
-        str(list_path.resolve()),
-        list_path.read_bytes(),
-        json.dumps(list(class_names)),
-    )
-    for part in parts:
-        digest.update(part if isinstance(part, bytes) else part.encode())
-        digest.update(b"\0")
-    return cache_dir() / "labels" / f"{digest.hexdigest()[:20]}.json"
+def read_image_labels(xml_path: str | Path, class_to_index: Mapping[str, int]) -> list[int]:
+    """Sorted unique 0-based class indices of every object in a VOC XML file (difficult objects included)."""
+    return labels_from_classes(read_object_classes(xml_path), class_to_index, xml_path)
 
 
-def load_image_labels(root: Path, split: str, names: Sequence[str], class_names: Sequence[str]) -> list[list[int]]:
-    """Image labels of a list, parsed from the XML files once and then read from a JSON cache."""
-    cache = label_cache_path(root, split_list_path(root, split), class_names)
+def label_cache_path(root: Path) -> Path:
+    """``<cache>/labels/voc-<hash>.json``: the object classes of every parsed XML file of one root."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]
+    return cache_dir() / "labels" / f"voc-{digest}.json"
+
+
+def _file_key(path: Path) -> list[int] | None:
+    """(mtime_ns, size) of a file, None when it does not exist: a cached parse is reused while this is equal."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+def load_object_classes(root: Path, names: Sequence[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Object class names of each entry's XML, parsed once per root and file version (a JSON cache).
+
+    Returns the classes per name and a problem line per name whose XML is missing or unreadable.
+    """
+    cache = label_cache_path(root)
+    entries: dict[str, Any] = {}
     if cache.is_file():
         with contextlib.suppress(OSError, ValueError):
-            cached = json.loads(cache.read_text())
-            if isinstance(cached, list) and len(cached) == len(names):
-                return cached
-    class_to_index = {c: i for i, c in enumerate(class_names)}
-    labels = []
+            loaded = json.loads(cache.read_text())
+            if isinstance(loaded, dict) and loaded.get("version") == 1:
+                entries = loaded["entries"]
+    found: dict[str, list[str]] = {}
+    problems: dict[str, str] = {}
+    changed = False
     for name in names:
         xml = root / "Annotations" / f"{name}.xml"
-        if not xml.is_file():
-            raise DatasetError(f"annotation {xml} is missing (listed in {split}); image labels come from it")
-        labels.append(read_image_labels(xml, class_to_index))
-    with contextlib.suppress(OSError):  # a read-only cache only costs the parse next time
-        atomic_write_text(cache, json.dumps(labels))
-    return labels
+        key = _file_key(xml)
+        if key is None:
+            problems[name] = f"annotation {xml} is missing; image labels come from it ({VOC_URL})"
+            continue
+        cached = entries.get(name)
+        if cached is not None and cached[0] == key:
+            found[name] = list(cached[1])
+            continue
+        try:
+            found[name] = read_object_classes(xml)
+        except DatasetError as err:
+            problems[name] = str(err)
+            continue
+        entries[name] = [key, found[name]]
+        changed = True
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the parse next time
+            atomic_write_text(cache, json.dumps({"version": 1, "entries": entries}))
+    return found, problems
 
 
-class VOCSegmentation(Dataset):
-    """Images, multi-hot image labels and (when present) masks of one list of a VOC-layout root.
+def load_image_labels(
+    root: Path, names: Sequence[str], class_names: Sequence[str]
+) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Image labels (sorted class indices) of entries from their XML files, and a problem line per bad entry."""
+    classes, problems = load_object_classes(root, names)
+    class_to_index = {c: i for i, c in enumerate(class_names)}
+    labels: dict[str, list[int]] = {}
+    for name, objects in classes.items():
+        try:
+            labels[name] = labels_from_classes(objects, class_to_index, root / "Annotations" / f"{name}.xml")
+        except DatasetError as err:
+            problems[name] = str(err)
+    return labels, problems
 
-    ``__getitem__`` returns a dict: ``image`` (3, h, w) float32 (normalised), ``mask`` (h, w) int64
-    (255 = ignore; all 255 for an image without a mask), ``valid`` (h, w) bool (False on added padding),
-    ``labels`` (C,) float32 multi-hot, ``name`` (str) and ``index`` (int). Masks come from
-    ``SegmentationClassAug/`` when present, else ``SegmentationClass/``. Image labels are parsed from
-    ``Annotations/*.xml`` once and cached as JSON (see :func:`load_image_labels`).
+
+class VOCReader(SegmentationReader):
+    """The PASCAL VOC layout (also the synthetic dataset's): ``JPEGImages/``, ``Annotations/`` (image labels),
+    ``SegmentationClassAug/`` or ``SegmentationClass/`` (palette PNGs: 0 background, ``c + 1`` class ``c``,
+    255 void), ``ImageSets/Segmentation/<list>.txt``."""
+
+    name = "voc"
+    download_hint = f"re-extract the images ({VOC_URL}) or fix the list"
+
+    def __init__(self, root: str | Path, class_names: Sequence[str] = VOC_CLASSES) -> None:
+        super().__init__(root, class_names, has_background=True)
+
+    def resolve_root(self) -> Path:
+        return resolve_voc_root(self.given_root)
+
+    def list_path(self, split: str) -> Path:
+        return split_list_path(self.root, split)
+
+    def list_hint(self, split: str) -> str:
+        return list_hint(self.root, split)
+
+    def image_path(self, name: str) -> Path:
+        return self.root / "JPEGImages" / f"{name}.jpg"
+
+    def check_layout(self, splits: Sequence[str], masks_required: Sequence[str], targets: bool) -> None:
+        check_voc_root(self.root, splits, masks_required, labels_required=targets)
+
+    def annotation_problem(self, name: str) -> str | None:
+        return None  # missing XML files are found (and named) by load_labels, which stats them anyway
+
+    def load_labels(self, names: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, str]]:
+        return load_image_labels(self.root, names, self.class_names)
+
+    def mask_file(self, name: str) -> Path | None:
+        return mask_path(self.root, name)
+
+    def decode_mask(self, path: Path) -> np.ndarray:
+        return read_mask(path)
+
+
+class VOCSegmentation(SegmentationDataset):
+    """:class:`SegmentationDataset` of one list of a VOC-layout root (see there for the sample contract).
+
+    Masks come from ``SegmentationClassAug/`` when present, else ``SegmentationClass/`` (all 255 without one);
+    image labels are parsed from ``Annotations/*.xml`` once per root and cached (:func:`load_object_classes`).
     """
 
     def __init__(
         self,
         root: str | Path,
         split: str,
-        class_names: Sequence[str],
+        class_names: Sequence[str] = VOC_CLASSES,
         transform: Callable[..., Any] | None = None,
+        targets: bool = True,
+        on_bad_sample: str = "error",
     ) -> None:
-        self.root = resolve_voc_root(root)
-        self.split = split
-        self.class_names = list(class_names)
-        self.transform = transform
-        self.names = read_split(self.root, split)
-        missing = [n for n in self.names if not (self.root / "JPEGImages" / f"{n}.jpg").is_file()]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} image(s) of list '{split}' missing from {self.root / 'JPEGImages'}, "
-                f"e.g. {missing[0]}.jpg; re-extract the images ({VOC_URL}) or fix the list"
-            )
-        self.image_labels = load_image_labels(self.root, split, self.names, self.class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def read_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, 3) uint8 image and (H, W) uint8 mask of one entry, untransformed."""
-        name = self.names[index]
-        path = self.root / "JPEGImages" / f"{name}.jpg"
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except OSError as err:
-            raise DatasetError(f"cannot read image {path}: {err}") from None
-        path = mask_path(self.root, name)
-        if path is not None:
-            mask = read_mask(path)
-            if mask.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                    f"{image.shape[1]}x{image.shape[0]}; fix or remove that mask"
-                )
-        else:
-            mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        return image, mask
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.read_sample(index)
-        image_t, mask_t, valid = apply_transform(self.transform, image, mask)
-        labels = torch.zeros(self.num_classes, dtype=torch.float32)
-        labels[self.image_labels[index]] = 1.0
-        return {
-            "image": image_t,
-            "mask": mask_t,
-            "valid": valid,
-            "labels": labels,
-            "name": self.names[index],
-            "index": index,
-        }
+        super().__init__(VOCReader(root, class_names), split, transform, targets, on_bad_sample)

@@ -1,0 +1,347 @@
+"""One dataset interface for every layout: a *reader* knows a layout's files, the dataset transforms samples.
+
+A :class:`SegmentationReader` (VOC, COCO-Stuff; the synthetic dataset is written in VOC layout) resolves a root,
+lists a split, finds each image and label map and gives image-level labels; :class:`SegmentationDataset` and the
+DataModule work with any reader.
+
+Where bad samples are caught (``on_bad_sample``: ``error`` or ``skip``):
+
+- *Cheap* problems are found when a split is resolved (:meth:`SegmentationReader.entries`, run by the
+  DataModule's ``check()``/``setup()`` before the first step): a list entry whose image (or annotation) file is
+  missing, an XML naming an unknown class, a label map with an id outside the class mapping. ``error`` raises a
+  :class:`DatasetError` naming the file; ``skip`` drops the entry with a warning.
+- Problems that need a decode (unreadable JPEG or mask, mask of another size than its image) are found in
+  ``__getitem__``: ``error`` raises; ``skip`` returns a :class:`BadSample` marker, which :class:`SkipBadCollate`
+  drops from the batch (a batch left empty takes the next good samples) and lists in ``batch["skipped"]``; the
+  DataModule pops that key before the batch reaches the model and reports the count at the end.
+  Decoding every image before training would cost a pass over the data at every start; ``prepare`` does that
+  pass once, on demand (``scan=true``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+from ..constants import IGNORE_INDEX
+from ..errors import DatasetError
+from .transforms import apply_transform
+
+BAD_SAMPLE_POLICIES = ("error", "skip")
+
+
+class DatasetWarning(UserWarning):
+    """A bad sample or list entry that ``on_bad_sample=skip`` skipped."""
+
+
+def check_policy(on_bad_sample: str) -> str:
+    """Validate ``dataset.on_bad_sample``."""
+    if on_bad_sample not in BAD_SAMPLE_POLICIES:
+        raise DatasetError(f"dataset.on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got '{on_bad_sample}'")
+    return on_bad_sample
+
+
+def list_file_path(list_dir: Path, split: str) -> Path:
+    """A list name (``train``, ``val``, ``train_aug``...) in ``list_dir``, or a ``.txt`` path."""
+    if split.endswith(".txt") or "/" in split or os.sep in split:
+        return Path(split).expanduser()
+    return list_dir / f"{split}.txt"
+
+
+def read_list_file(path: Path, hint: str = "") -> list[str]:
+    """The image ids of a list file: the stem of each line's first column (``images/x.jpg y.png`` lines work)."""
+    if not path.is_file():
+        raise DatasetError(f"image list {path} not found{hint}")
+    names = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetError(f"image list {path} is empty; it needs one image id per line")
+    return names
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB; an unreadable or truncated file raises a DatasetError naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read image {path}: {err}; fix or remove that file") from None
+
+
+@dataclass
+class SplitEntries:
+    """The usable entries of a list: ``names``, their ``labels`` (sorted class indices; None without targets),
+    and the ``skipped`` entries with one problem line each."""
+
+    split: str
+    names: list[str]
+    labels: list[list[int]] | None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_problems(split: str, problems: dict[str, str], on_bad_sample: str) -> None:
+    """Raise on the first problem (``error``) or warn once with the count (``skip``)."""
+    if not problems:
+        return
+    first = next(iter(problems.values()))
+    more = len(problems) - 1
+    if on_bad_sample == "error":
+        extra = f" (and {more} more in list '{split}')" if more else ""
+        raise DatasetError(f"{first}{extra}; or set dataset.on_bad_sample=skip to skip bad entries")
+    warnings.warn(f"skipping {len(problems)} bad entr(ies) of list '{split}', e.g. {first}", DatasetWarning, 2)
+
+
+class SegmentationReader(ABC):
+    """What a dataset layout provides: root, lists, image and label-map files, image-level labels.
+
+    Label maps are returned in the training label space: (H, W) uint8, ``0..C-1`` class indices (offset by one
+    when ``has_background``: 0 = background, ``c + 1`` = class ``c``), 255 = ignore.
+    """
+
+    name: str = "dataset"
+    download_hint: str = ""
+
+    def __init__(self, root: str | Path, class_names: Sequence[str], has_background: bool) -> None:
+        self.given_root = Path(root).expanduser()
+        self.class_names = list(class_names)
+        self.has_background = has_background
+        self._root: Path | None = None
+        self._entries: dict[tuple[str, bool, str], SplitEntries] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # workers need no memoised entries
+        return {**self.__dict__, "_entries": {}}
+
+    @property
+    def root(self) -> Path:
+        """The resolved root (raises a DatasetError naming what is missing)."""
+        if self._root is None:
+            self._root = self.resolve_root()
+        return self._root
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ---- layout-specific
+    @abstractmethod
+    def resolve_root(self) -> Path:
+        """The folder holding the layout, from the given root (which may be one level above)."""
+
+    @abstractmethod
+    def list_path(self, split: str) -> Path:
+        """Where the list of ``split`` lives."""
+
+    @abstractmethod
+    def image_path(self, name: str) -> Path:
+        """The image file of an entry."""
+
+    @abstractmethod
+    def check_layout(self, splits: Sequence[str], masks_required: Sequence[str], targets: bool) -> None:
+        """Cheap checks of folders beyond the lists (no image is opened)."""
+
+    @abstractmethod
+    def annotation_problem(self, name: str) -> str | None:
+        """A one-line problem when the annotation that labels an entry is missing, else None."""
+
+    @abstractmethod
+    def load_labels(self, names: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, str]]:
+        """Image-level labels (sorted class indices) of entries, and a problem line for those that have none."""
+
+    @abstractmethod
+    def mask_file(self, name: str) -> Path | None:
+        """The label-map file read for an entry (after :meth:`prepare`), or None when it has none."""
+
+    @abstractmethod
+    def decode_mask(self, path: Path) -> np.ndarray:
+        """A label-map file -> (H, W) uint8 in the training label space."""
+
+    def list_hint(self, split: str) -> str:
+        """What to say when a list file is missing."""
+        return f" (set dataset.train_list / dataset.val_list to a list in {self.list_path(split).parent} or a path)"
+
+    def prepare(  # noqa: B027
+        self, splits: Sequence[str], workers: int = 0, progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """One-time work for the lists ``splits`` (e.g. converting annotations into a cache); nothing by default.
+
+        Reading works without it (the work then happens when a list is first resolved); ``progress(done, total)``
+        is called as it goes.
+        """
+
+    # ---- shared
+    def read_list(self, split: str) -> list[str]:
+        """The image ids of a list."""
+        return read_list_file(self.list_path(split), self.list_hint(split))
+
+    def check(self, splits: Sequence[str], masks_required: Sequence[str] = (), targets: bool = True) -> Path:
+        """Cheap validation: the root, the layout and every list (no image is opened). Returns the root."""
+        root = self.root
+        self.check_layout(splits, masks_required, targets)
+        for split in splits:
+            self.read_list(split)
+        return root
+
+    def entries(self, split: str, targets: bool = True, on_bad_sample: str = "error") -> SplitEntries:
+        """Resolve a list: every entry's files exist and (with ``targets``) its labels are valid.
+
+        One ``stat`` per file, plus the label source (cached). Problems raise or are skipped per ``on_bad_sample``.
+        """
+        key = (split, targets, check_policy(on_bad_sample))
+        if key in self._entries:
+            return self._entries[key]
+        list_path = self.list_path(split)
+        listed = self.read_list(split)
+        problems: dict[str, str] = {}
+        for name in listed:
+            image = self.image_path(name)
+            if not image.is_file():
+                problems[name] = f"image {image} is missing (listed in {list_path}); {self.download_hint}"
+            elif targets and (problem := self.annotation_problem(name)) is not None:
+                problems[name] = f"{problem} (listed in {list_path})"
+        names = [n for n in listed if n not in problems]
+        labels: list[list[int]] | None = None
+        if targets:
+            found, label_problems = self.load_labels(names)
+            if not self.has_background:  # without a background class an image needs a class to learn from
+                for name in names:
+                    if name in found and not found[name]:
+                        label_problems[name] = f"{name} has no labelled pixel of any class; nothing to learn from"
+            problems.update(label_problems)
+            names = [n for n in names if n not in label_problems]
+            labels = [found[n] for n in names]
+        resolve_problems(split, problems, on_bad_sample)
+        if not names:
+            raise DatasetError(f"no usable entry left in list {list_path}; see the warnings above")
+        self._entries[key] = SplitEntries(split, names, labels, problems)
+        return self._entries[key]
+
+    def read_sample(self, name: str, targets: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W, 3) uint8 image and (H, W) uint8 label map (all 255 when the entry has none; None without
+        ``targets``); a mask of another size than its image raises a DatasetError naming it."""
+        image = read_image(self.image_path(name))
+        if not targets:
+            return image, None
+        path = self.mask_file(name)
+        if path is None:
+            return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        mask = self.decode_mask(path)
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(
+                f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}; fix or remove that mask"
+            )
+        return image, mask
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """What ``__getitem__`` returns for a sample that ``on_bad_sample=skip`` skips."""
+
+    index: int
+    name: str
+    message: str
+
+
+class SegmentationDataset(Dataset):
+    """Transformed samples of one list of any reader.
+
+    ``__getitem__`` returns a dict: ``image`` (3, h, w) float32 (normalised), ``valid`` (h, w) bool (False on
+    added padding), ``size`` (2,) int64 original (H, W), ``name`` (str), ``index`` (int) and, with ``targets``,
+    ``mask`` (h, w) int64 (255 = ignore; all 255 for an image without a label map) and ``labels`` (C,) float32
+    multi-hot. Without ``targets`` (e.g. exporting pseudo masks of VOC ``test``) no label or mask is read.
+    With ``on_bad_sample="skip"`` an unreadable sample gives a :class:`BadSample` instead (see the module doc).
+    """
+
+    def __init__(
+        self,
+        reader: SegmentationReader,
+        split: str,
+        transform: Callable[..., Any] | None = None,
+        targets: bool = True,
+        on_bad_sample: str = "error",
+    ) -> None:
+        self.reader = reader
+        self.split = split
+        self.transform = transform
+        self.targets = targets
+        self.on_bad_sample = check_policy(on_bad_sample)
+        entries = reader.entries(split, targets, on_bad_sample)
+        self.names = list(entries.names)
+        self.image_labels = entries.labels
+        self.skipped = dict(entries.skipped)
+
+    @property
+    def root(self) -> Path:
+        return self.reader.root
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.reader.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return self.reader.num_classes
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read_sample(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W, 3) uint8 image and (H, W) uint8 mask (None without targets) of one entry, untransformed."""
+        return self.reader.read_sample(self.names[index], self.targets)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+        try:
+            image, mask = self.read_sample(index)
+        except DatasetError as err:
+            if self.on_bad_sample == "error":
+                raise
+            warnings.warn(f"skipping bad sample: {err}", DatasetWarning, 2)
+            return BadSample(index, self.names[index], str(err))
+        size = torch.tensor(image.shape[:2], dtype=torch.int64)
+        carried = mask if mask is not None else np.zeros(image.shape[:2], dtype=np.uint8)
+        image_t, mask_t, valid = apply_transform(self.transform, image, carried)
+        sample: dict[str, Any] = {"image": image_t, "valid": valid, "size": size}
+        if self.targets:
+            assert self.image_labels is not None
+            labels = torch.zeros(self.num_classes, dtype=torch.float32)
+            labels[self.image_labels[index]] = 1.0
+            sample.update(mask=mask_t, labels=labels)
+        sample.update(name=self.names[index], index=index)
+        return sample
+
+
+class SkipBadCollate:
+    """Collate samples, dropping :class:`BadSample` markers; their names go to ``batch["skipped"]``.
+
+    A batch whose samples are all bad takes the next good samples of the dataset (in index order), so no
+    batch is ever empty; a dataset without a single good sample raises.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, samples: list[Any]) -> dict[str, Any]:
+        bad = [s for s in samples if isinstance(s, BadSample)]
+        good = [s for s in samples if not isinstance(s, BadSample)]
+        if not good:
+            n = len(self.dataset)  # type: ignore[arg-type]
+            start = bad[-1].index if bad else 0
+            for step in range(1, n + 1):
+                sample = self.dataset[(start + step) % n]
+                if not isinstance(sample, BadSample):
+                    good.append(sample)
+                    break
+            else:
+                raise DatasetError(f"every sample of the dataset is bad, e.g. {bad[0].message}")
+        batch = default_collate(good)
+        batch["skipped"] = [b.name for b in bad]
+        return batch
