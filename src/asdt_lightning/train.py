@@ -21,9 +21,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from .data.datamodule import VOCDataModule
-from .data.registry import dataset_class_names, default_synthetic_root
-from .data.synthetic import SyntheticSpec, ensure_synthetic_voc
+from .data.datamodule import SegmentationDataModule
+from .data.registry import build_datamodule as build_dataset_module
 from .errors import ASDTUserError
 from .io_utils import atomic_write_text
 from .lit.callbacks import PWMCallback
@@ -47,31 +46,10 @@ def check_config(cfg: DictConfig) -> None:
     check_tracking(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else {}, cfg.tracking)
 
 
-def build_datamodule(data: dict[str, Any], seed: int) -> VOCDataModule:
-    """The VOC DataModule for ``dataset=voc`` or ``dataset=synthetic`` (generated first if needed)."""
-    root = data["root"]
-    if data["name"] == "synthetic":
-        spec = SyntheticSpec(**data["synthetic"])
-        root = ensure_synthetic_voc(root or default_synthetic_root(spec), spec)
-    datamodule = VOCDataModule(
-        root=root,
-        class_names=data["class_names"] or dataset_class_names(data["name"]),
-        train_list=data["train_list"],
-        val_list=data["val_list"],
-        crop_size=data["crop_size"],
-        scale_range=tuple(data["scale_range"]),
-        hflip=data["hflip"],
-        val_size=data["val_size"],
-        mean=tuple(data["mean"]),
-        std=tuple(data["std"]),
-        batch_size=data["batch_size"],
-        val_batch_size=data["val_batch_size"],
-        num_workers=data["num_workers"],
-        pin_memory=data["pin_memory"],
-        seed=seed,
-    )
-    datamodule.check()
-    return datamodule
+def build_datamodule(data: dict[str, Any], seed: int) -> SegmentationDataModule:
+    """The DataModule of ``dataset=synthetic|voc|coco_stuff`` (synthetic generated first if needed), after the
+    same cheap root and list check as ``python -m asdt_lightning.prepare``."""
+    return build_dataset_module(data, seed)
 
 
 def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
