@@ -1,4 +1,4 @@
-"""Images at their original size for inference (pseudo-mask export, evaluation), and dataset roots by config.
+"""Images at their original size for inference (pseudo-mask export, evaluation), from any dataset reader.
 
 Unlike the training/validation pipelines, nothing is cropped or resized here: predictions are made at the
 image's own resolution and written or scored at that size.
@@ -7,7 +7,6 @@ image's own resolution and written or scored at that size.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,57 +14,73 @@ import torch
 from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX
-from .registry import dataset_class_names, default_synthetic_root
-from .synthetic import SyntheticSpec, ensure_synthetic_voc
+from ..errors import DatasetError
+from .dataset import SegmentationReader
+from .registry import build_reader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .voc import VOCSegmentation, check_voc_root, mask_path
 
 
-def dataset_root_and_classes(data: Mapping[str, Any]) -> tuple[Path, list[str]]:
-    """The VOC-layout root (the synthetic set is generated first if needed) and class names of a dataset config."""
-    root = data["root"]
-    if data["name"] == "synthetic":
-        spec = SyntheticSpec(**data["synthetic"])
-        root = ensure_synthetic_voc(root or default_synthetic_root(spec), spec)
-    return Path(root).expanduser(), list(data.get("class_names") or dataset_class_names(data["name"]))
+def reader_for(data: Mapping[str, Any]) -> SegmentationReader:
+    """The reader of a ``dataset`` config (the synthetic set is generated first if needed), checked against
+    ``dataset.has_background``."""
+    reader = build_reader(data)
+    if bool(data["has_background"]) != reader.has_background:
+        raise DatasetError(
+            f"dataset.has_background={data['has_background']} but {data['name']} "
+            f"{'has' if reader.has_background else 'has no'} background class; leave it as conf/dataset sets it"
+        )
+    return reader
 
 
 class InferenceImages(Dataset):
-    """One list of a VOC-layout root at original size.
+    """One list of a reader at original size, with image labels and ground-truth masks.
 
     ``__getitem__`` returns a dict: ``image`` (3, H, W) float32 normalised, ``rgb`` (3, H, W) uint8, ``size``
-    (H, W), ``labels`` (C,) float32 multi-hot image labels, ``mask`` (H, W) int64 ground truth (all 255 where
-    the image has none), ``name`` and ``index``.
+    (H, W), ``labels`` (C,) float32 multi-hot image labels, ``mask`` (H, W) int64 ground truth in the label space
+    (all 255 where the image has none), ``name`` and ``index``.
     """
 
     def __init__(
         self,
-        root: str | Path,
+        reader: SegmentationReader,
         split: str,
-        class_names: Sequence[str],
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         require_masks: bool = False,
     ) -> None:
-        resolved = check_voc_root(root, [split], masks_required=[split] if require_masks else [])
-        self.voc = VOCSegmentation(resolved, split, class_names)
-        self.root = self.voc.root
-        self.names = self.voc.names
+        reader.check([split], masks_required=[split] if require_masks else [])
+        entries = reader.entries(split, targets=True)
+        self.reader = reader
+        self.split = split
+        self.names = list(entries.names)
+        self.image_labels = entries.labels or [[] for _ in self.names]
+        if require_masks:
+            missing = [n for n in self.names if reader.mask_file(n) is None]
+            if missing:
+                raise DatasetError(
+                    f"{len(missing)} of {len(self.names)} images of '{split}' have no ground-truth mask "
+                    f"(e.g. {missing[0]}); evaluate a list with masks (e.g. val)"
+                )
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
 
-    def missing_masks(self) -> list[str]:
-        """Names of the list whose ground-truth mask is missing."""
-        return [n for n in self.names if mask_path(self.root, n) is None]
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.reader.class_names)
+
+    @property
+    def has_background(self) -> bool:
+        return self.reader.has_background
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.voc.read_sample(index)
+        image, mask = self.reader.read_sample(self.names[index], targets=True)
+        assert mask is not None
         rgb = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        labels = torch.zeros(self.voc.num_classes, dtype=torch.float32)
-        labels[self.voc.image_labels[index]] = 1.0
+        labels = torch.zeros(self.reader.num_classes, dtype=torch.float32)
+        labels[self.image_labels[index]] = 1.0
         return {
             "image": (rgb.float() - self.mean) / self.std,
             "rgb": rgb,

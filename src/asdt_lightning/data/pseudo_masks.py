@@ -1,18 +1,22 @@
-"""Training on exported pseudo masks: a VOC list whose masks come from a pseudo-mask folder (second stage)."""
+"""Training on exported pseudo masks (second stage): a reader whose training masks come from a folder.
+
+The folder holds ``<name>.png`` palette PNGs in the label space (as written by ``pseudo_labels``); validation
+keeps the dataset's real masks.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import DatasetError
-from .datamodule import VOCDataModule
-from .transforms import apply_transform
-from .voc import VOCSegmentation, read_mask, read_split, resolve_voc_root
+from .datamodule import SegmentationDataModule
+from .dataset import SegmentationReader
+from .registry import build_datamodule
+from .voc import read_mask
 
 
 def missing_pseudo_masks(mask_dir: Path, names: Sequence[str]) -> list[str]:
@@ -20,71 +24,74 @@ def missing_pseudo_masks(mask_dir: Path, names: Sequence[str]) -> list[str]:
     return [n for n in names if not (mask_dir / f"{n}.png").is_file()]
 
 
-def check_pseudo_mask_dir(mask_dir: str | Path, root: str | Path, split: str) -> Path:
-    """Cheap check that ``mask_dir`` holds a PNG for every image of ``split``; returns the folder."""
+class PseudoMaskReader(SegmentationReader):
+    """Delegates to ``base`` except for the masks of ``pseudo_names``, read from ``mask_dir/<name>.png``."""
+
+    def __init__(self, base: SegmentationReader, mask_dir: str | Path, pseudo_names: Sequence[str]) -> None:
+        super().__init__(base.given_root, base.class_names, base.has_background)
+        self.base = base
+        self.name = base.name
+        self.download_hint = base.download_hint
+        self.mask_dir = Path(mask_dir).expanduser()
+        self.pseudo_names = frozenset(pseudo_names)
+
+    def resolve_root(self) -> Path:
+        return self.base.root
+
+    def list_path(self, split: str) -> Path:
+        return self.base.list_path(split)
+
+    def list_hint(self, split: str) -> str:
+        return self.base.list_hint(split)
+
+    def image_path(self, name: str) -> Path:
+        return self.base.image_path(name)
+
+    def check_layout(self, splits: Sequence[str], masks_required: Sequence[str], targets: bool) -> None:
+        self.base.check_layout(splits, masks_required, targets)
+
+    def annotation_problem(self, name: str) -> str | None:
+        return self.base.annotation_problem(name)
+
+    def load_labels(self, names: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, str]]:
+        return self.base.load_labels(names)
+
+    def prepare(self, splits: Sequence[str], workers: int = 0, progress: Any = None) -> None:
+        self.base.prepare(splits, workers, progress)
+
+    def mask_file(self, name: str) -> Path | None:
+        if name in self.pseudo_names:
+            return self.mask_dir / f"{name}.png"
+        return self.base.mask_file(name)
+
+    def decode_mask(self, path: Path) -> np.ndarray:
+        if path.parent == self.mask_dir:
+            return read_mask(path)
+        return self.base.decode_mask(path)
+
+
+def pseudo_mask_datamodule(data: Mapping[str, Any], seed: int, mask_dir: str | Path) -> SegmentationDataModule:
+    """The dataset's DataModule with the training list's masks read from ``mask_dir`` (checked: the folder
+    exists, covers the training list, and the validation list shares no image with it)."""
+    datamodule = build_datamodule(data, seed)
     mask_dir = Path(mask_dir).expanduser()
     if not mask_dir.is_dir():
         raise DatasetError(
             f"pseudo-mask folder {mask_dir} not found; export one with python -m asdt_lightning.pseudo_labels"
         )
-    names = read_split(resolve_voc_root(root), split)
-    missing = missing_pseudo_masks(mask_dir, names)
+    base = datamodule.reader
+    train = base.read_list(datamodule.train_list)
+    missing = missing_pseudo_masks(mask_dir, train)
     if missing:
         raise DatasetError(
-            f"{len(missing)} of {len(names)} images of '{split}' have no pseudo mask in {mask_dir} (e.g. "
-            f"{missing[0]}.png); finish the export (re-run pseudo_labels: it resumes) or pick the matching split"
+            f"{len(missing)} of {len(train)} images of '{datamodule.train_list}' have no pseudo mask in {mask_dir} "
+            f"(e.g. {missing[0]}.png); finish the export (re-run pseudo_labels: it resumes) or match the lists"
         )
-    return mask_dir
-
-
-class PseudoMaskSegmentation(VOCSegmentation):
-    """``VOCSegmentation`` whose masks are read from ``mask_dir/<name>.png`` (palette PNGs, 255 = ignore)."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        class_names: Sequence[str],
-        mask_dir: str | Path,
-        transform: Callable[..., Any] | None = None,
-    ) -> None:
-        super().__init__(root, split, class_names, transform)
-        self.mask_dir = check_pseudo_mask_dir(mask_dir, self.root, split)
-
-    def read_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image, _ = super().read_sample(index)
-        path = self.mask_dir / f"{self.names[index]}.png"
-        mask = read_mask(path)
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"pseudo mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}; re-export the pseudo masks"
-            )
-        return image, mask
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.read_sample(index)
-        image_t, mask_t, valid = apply_transform(self.transform, image, mask)
-        labels = torch.zeros(self.num_classes, dtype=torch.float32)
-        labels[self.image_labels[index]] = 1.0
-        return {"image": image_t, "mask": mask_t, "valid": valid, "labels": labels, "name": self.names[index]}
-
-
-class PseudoMaskDataModule(VOCDataModule):
-    """The VOC DataModule with training masks from a pseudo-mask folder; validation uses the real masks."""
-
-    def __init__(self, *args: Any, mask_dir: str | Path, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.mask_dir = Path(mask_dir).expanduser()
-
-    def check(self) -> Path:
-        root = super().check()
-        check_pseudo_mask_dir(self.mask_dir, root, self.train_list)
-        return root
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = PseudoMaskSegmentation(
-                self.root, self.train_list, self.class_names, self.mask_dir, self.train_transform
-            )
-        super().setup("validate")
+    shared = set(train) & set(base.read_list(datamodule.val_list))
+    if shared:
+        raise DatasetError(
+            f"the validation list '{datamodule.val_list}' shares {len(shared)} images with the training list "
+            f"(e.g. {sorted(shared)[0]}); stage two validates on real masks of held-out images"
+        )
+    datamodule.reader = PseudoMaskReader(base, mask_dir, train)
+    return datamodule

@@ -1,0 +1,352 @@
+"""mIoU of a checkpoint (per branch, with and without CRF) or of a folder of predicted PNGs, against ground truth.
+
+    python -m asdt_lightning.evaluate ckpt=outputs/<run>/checkpoints/last.ckpt           # synthetic val, all branches
+    python -m asdt_lightning.evaluate ckpt=... split=train 'crfs=[none,dense]' scales=[1.0,0.5,1.5] flip=true
+    python -m asdt_lightning.evaluate pred_dir=outputs/<run>/pseudo_masks/train split=train   # a PNG folder
+    python -m asdt_lightning.evaluate ckpt=outputs/segment/<run>/checkpoints/last.ckpt      # a second-stage model
+
+Scores follow the VOC benchmark: one confusion matrix over all pixels of the split at each image's original
+size, background included, ground-truth 255 ignored, IoU = TP / (TP + FP + FN) per class, mean over the classes
+present in the ground truth or the prediction. A predicted 255 (an unlabelled pseudo-mask pixel) counts as a miss.
+ASDT branches are restricted to each image's ground-truth classes (the pseudo-mask setting); the CAM is scored at
+its best background threshold on the split unless ``cam_threshold`` is given. Writes ``results.json``,
+``results.md`` and a confusion-matrix figure per entry to ``out`` (default: the Hydra run folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .constants import IGNORE_INDEX
+from .data.inference import InferenceImages, pad_collate, reader_for
+from .data.voc import read_mask
+from .errors import ASDTUserError
+from .io_utils import atomic_write, atomic_write_text
+from .lit.inference import (
+    InferenceParams,
+    checkpoint_kind,
+    crf_params_from,
+    label_maps,
+    load_model,
+    model_outputs,
+    read_checkpoint,
+    resolve_device,
+)
+from .method.dense_crf import CRF_CHOICES, check_crf
+from .method.fusion import BRANCH_CHOICES, cam_probabilities
+from .metrics import confusion_and_unlabelled, scores_table, segmentation_scores
+
+BRANCH_TITLES = {
+    "cam": "CAM (A)",
+    "refine": "R",
+    "student": "S",
+    "fused": "fused",
+    "segmenter": "second stage",
+    "folder": "PNG folder",
+}
+DEFAULT_CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+class Accumulator:
+    """A (K, K) confusion matrix and (K,) unlabelled counts, summed over images."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.int64)
+        self.unlabelled = torch.zeros(num_labels, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        confusion, unlabelled = confusion_and_unlabelled(pred.cpu(), target.cpu(), self.confusion.shape[0])
+        self.confusion += confusion
+        self.unlabelled += unlabelled
+
+    def scores(self, label_names: Sequence[str]) -> dict[str, Any]:
+        return {
+            **segmentation_scores(self.confusion, label_names, self.unlabelled),
+            "confusion": self.confusion.tolist(),
+            "unlabelled": self.unlabelled.tolist(),
+        }
+
+
+def label_names_of(class_names: Sequence[str], has_background: bool) -> list[str]:
+    return (["background"] if has_background else []) + list(class_names)
+
+
+def evaluate_model(
+    module: torch.nn.Module,
+    dataset: InferenceImages | Subset,
+    branches: Sequence[str],
+    crfs: Sequence[str],
+    params: InferenceParams,
+    device: torch.device,
+    cam_thresholds: Sequence[float] = DEFAULT_CAM_THRESHOLDS,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Scores of every (branch, crf) of a model on a dataset with masks.
+
+    ``branches``: ASDT branches (``cam``, ``refine``, ``student``, ``fused``) or ``["segmenter"]``. With
+    ``params.cam_threshold`` None the CAM (without CRF) is scored at every threshold and the best is kept; its CRF
+    rows then take a second pass at that threshold.
+    """
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    has_background = base.has_background
+    names = label_names_of(base.class_names, has_background)
+    k = len(names)
+    acc = {(b, c): Accumulator(k) for b in branches for c in crfs}
+    sweep_cam = "cam" in branches and has_background and params.cam_threshold is None
+    sweep = [Accumulator(k) for _ in cam_thresholds] if sweep_cam else []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=pad_collate)
+
+    def run(jobs: Sequence[tuple[str, str]], cam_threshold: float | None, sweep_now: bool, desc: str) -> None:
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+            images, labels = batch["image"].to(device), batch["labels"].to(device)
+            rgb, masks, sizes = batch["rgb"].to(device), batch["mask"], batch["size"]
+            outputs = model_outputs(module, images, labels, params.scales, params.flip)
+            if sweep_now:
+                for threshold, accumulator in zip(cam_thresholds, sweep, strict=True):
+                    pred = cam_probabilities(outputs["cam"], labels, threshold).argmax(1)
+                    accumulator.update(pred, masks)
+            for branch, crf in jobs:
+                job = dataclasses.replace(params, branch=branch if branch != "segmenter" else "fused", crf=crf)
+                job = dataclasses.replace(job, cam_threshold=cam_threshold)
+                pred, _ = label_maps(outputs, rgb, labels, sizes, job, has_background)
+                acc[(branch, crf)].update(pred, masks)
+
+    start = time.perf_counter()
+    first = [(b, c) for b, c in acc if not (sweep_cam and b == "cam")]
+    run(first, params.cam_threshold, sweep_cam, "evaluating")
+    cam_threshold = params.cam_threshold
+    if sweep_cam:
+        best = max(range(len(sweep)), key=lambda i: segmentation_scores(sweep[i].confusion, names)["miou"])
+        cam_threshold = float(cam_thresholds[best])
+        if ("cam", "none") in acc:
+            acc[("cam", "none")] = sweep[best]
+        second = [(b, c) for b, c in acc if b == "cam" and c != "none"]
+        if second:
+            run(second, cam_threshold, False, f"CAM + CRF at threshold {cam_threshold}")
+    results: dict[str, dict[str, Any]] = {}
+    for (branch, crf), accumulator in acc.items():
+        results.setdefault(branch, {})[crf] = accumulator.scores(names)
+    return {
+        "results": results,
+        "cam_threshold": cam_threshold if "cam" in branches else None,
+        "label_names": names,
+        "images": len(dataset),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def evaluate_folder(pred_dir: Path, dataset: InferenceImages, names_subset: Sequence[str] | None = None) -> dict:
+    """Scores of ``<pred_dir>/<name>.png`` label maps against the ground truth of every image of the list.
+
+    Every prediction must exist and have its image's size (checked before scoring; one-line errors).
+    """
+    reader = dataset.reader
+    names = list(names_subset if names_subset is not None else dataset.names)
+    if not pred_dir.is_dir():
+        raise ASDTUserError(f"prediction folder {pred_dir} not found")
+    missing = [n for n in names if not (pred_dir / f"{n}.png").is_file()]
+    if missing:
+        raise ASDTUserError(
+            f"{len(missing)} of {len(names)} images of '{dataset.split}' have no prediction in {pred_dir} "
+            f"(e.g. {missing[0]}.png)"
+        )
+    label_names = label_names_of(dataset.class_names, dataset.has_background)
+    acc = Accumulator(len(label_names))
+    start = time.perf_counter()
+    for name in names:
+        path = reader.mask_file(name)
+        assert path is not None  # InferenceImages(require_masks=True) checked it
+        gt = reader.decode_mask(path)
+        pred = read_mask(pred_dir / f"{name}.png")
+        if pred.shape != gt.shape:
+            raise ASDTUserError(
+                f"prediction {pred_dir / f'{name}.png'} is {pred.shape[1]}x{pred.shape[0]} but the ground truth is "
+                f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the original image size"
+            )
+        bad = (pred != IGNORE_INDEX) & (pred >= len(label_names))
+        if bad.any():
+            raise ASDTUserError(
+                f"prediction {pred_dir / f'{name}.png'} holds label {int(pred[bad].max())} but the dataset has "
+                f"{len(label_names)} labels (0..{len(label_names) - 1}, 255 = ignore)"
+            )
+        acc.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
+    return {
+        "results": {"folder": {"none": acc.scores(label_names)}},
+        "cam_threshold": None,
+        "label_names": label_names,
+        "images": len(names),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def summary_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown: one row per branch, one mIoU column per CRF setting."""
+    crfs = list(dict.fromkeys(c for per_crf in results.values() for c in per_crf))
+    header = " | ".join("mIoU (%)" if c == "none" else f"mIoU + {c} CRF (%)" for c in crfs)
+    lines = [f"| branch | {header} |", "|---|" + "---:|" * len(crfs)]
+    for branch, per_crf in results.items():
+        cells = [f"{100 * per_crf[c]['miou']:.2f}" if c in per_crf else "-" for c in crfs]
+        lines.append(f"| {BRANCH_TITLES.get(branch, branch)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_markdown(report: dict[str, Any]) -> str:
+    """The whole report as markdown: what was evaluated, the summary and per-class IoU/precision/recall."""
+    source = report.get("checkpoint") or report.get("pred_dir")
+    threshold = report["cam_threshold"]
+    lines = [
+        f"# Evaluation on '{report['split']}' ({report['dataset']}, {report['images']} images)",
+        "",
+        f"Source: `{source}`" + (f"; CAM background threshold {threshold}" if threshold is not None else ""),
+        "",
+        summary_table(report["results"]),
+    ]
+    for branch, per_crf in report["results"].items():
+        for crf, scores in per_crf.items():
+            title = BRANCH_TITLES.get(branch, branch) + ("" if crf == "none" else f" + {crf} CRF")
+            lines += ["", f"## {title}", "", scores_table({"": scores})]
+    return "\n".join(lines) + "\n"
+
+
+def check_figure_backend() -> None:
+    """matplotlib is needed for the confusion figures; say how to get it before any work."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ASDTUserError(
+            "the confusion-matrix figure needs matplotlib: pip install 'asdt-lightning[report]', or set figure=false"
+        ) from None
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], label_names: Sequence[str], title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix (recall per ground-truth class) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(confusion, dtype=np.float64)
+    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    k = len(label_names)
+    size = max(4.0, 0.35 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), label_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), label_names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=10)
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if rows[i, j] >= 0.005:
+                    colour = "white" if rows[i, j] > 0.5 else "black"
+                    ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center", fontsize=6, color=colour)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict[str, Any], out: Path, figure: bool) -> None:
+    """``results.json``, ``results.md`` and (``figure``) ``confusion_<branch>[_<crf>].png`` in ``out``."""
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "results.md", results_markdown(report))
+    if figure:
+        for branch, per_crf in report["results"].items():
+            for crf, scores in per_crf.items():
+                suffix = "" if crf == "none" else f"_{crf}_crf"
+                title = f"{BRANCH_TITLES.get(branch, branch)}{'' if crf == 'none' else f' + {crf} CRF'}, "
+                title += f"'{report['split']}' mIoU {100 * scores['miou']:.1f}%"
+                path = out / f"confusion_{branch}{suffix}.png"
+                confusion_figure(scores["confusion"], report["label_names"], title, path)
+
+
+def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check everything cheap, then evaluate and write the report. ``cfg``: the plain evaluate config."""
+    ckpt, pred_dir = cfg.get("ckpt"), cfg.get("pred_dir")
+    if bool(ckpt) == bool(pred_dir):
+        raise ASDTUserError("give exactly one of ckpt=<checkpoint> (a model) or pred_dir=<folder of PNGs>")
+    crfs = list(cfg.get("crfs") or ["none"])
+    for crf in crfs:
+        check_crf(crf)
+    if len(set(crfs)) != len(crfs) or not set(crfs) <= set(CRF_CHOICES):
+        raise ASDTUserError(f"crfs must be distinct values of {', '.join(CRF_CHOICES)}, got {crfs}")
+    branches = list(cfg.get("branches") or BRANCH_CHOICES)
+    unknown = [b for b in branches if b not in BRANCH_CHOICES]
+    if unknown:
+        raise ASDTUserError(f"unknown branch(es) {unknown}; choose from {', '.join(BRANCH_CHOICES)}")
+    if cfg.get("figure", True):
+        check_figure_backend()
+    limit = cfg.get("limit")
+    if limit is not None and int(limit) < 1:
+        raise ASDTUserError(f"limit must be a positive number of images or null, got {limit}")
+    data = cfg["dataset"]
+    reader = reader_for(data)
+    split = cfg["split"]
+    out = Path(cfg["out"]).expanduser()
+    dataset = InferenceImages(reader, split, data["mean"], data["std"], require_masks=True)
+    report: dict[str, Any] = {"dataset": data["name"], "split": split, "limit": limit}
+    if pred_dir:
+        names = dataset.names[: int(limit)] if limit else None
+        report.update(pred_dir=str(pred_dir), kind="folder")
+        report.update(evaluate_folder(Path(pred_dir).expanduser(), dataset, names))
+    else:
+        params = InferenceParams(
+            fusion=cfg.get("fusion", "max"),
+            scales=tuple(float(s) for s in cfg.get("scales", [1.0])),
+            flip=bool(cfg.get("flip", False)),
+            crf_params=crf_params_from(cfg.get("crf_params")),
+            cam_threshold=None if cfg.get("cam_threshold") is None else float(cfg["cam_threshold"]),
+        )
+        device = resolve_device(cfg.get("device", "auto"))
+        kind = checkpoint_kind(read_checkpoint(ckpt))
+        module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
+        subset = Subset(dataset, range(min(int(limit), len(dataset)))) if limit else dataset
+        report.update(checkpoint=str(ckpt), kind=kind, params={"scales": list(params.scales), "flip": params.flip})
+        report.update(
+            evaluate_model(
+                module,
+                subset,
+                ["segmenter"] if kind == "segmenter" else branches,
+                crfs,
+                params,
+                device,
+                batch_size=int(cfg.get("batch_size", 8)),
+                num_workers=int(cfg.get("num_workers", 0)),
+                progress=bool(cfg.get("progress", True)),
+            )
+        )
+    write_report(report, out, bool(cfg.get("figure", True)))
+    print(summary_table(report["results"]))
+    print(f"({report['images']} images of '{split}'; results in {out})")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_evaluate(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except ASDTUserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

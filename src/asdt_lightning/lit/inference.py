@@ -1,0 +1,230 @@
+"""Inference shared by pseudo-mask export and evaluation: checkpoints, test-time augmentation, fusion, CRF.
+
+Checkpoints are checked against the dataset (class names and count, background) before any image is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..constants import IGNORE_INDEX
+from ..errors import ASDTUserError
+from ..method.cam import allowed_labels
+from ..method.crf import CRFParams
+from ..method.dense_crf import refine_with_crf
+from ..method.fusion import BRANCH_CHOICES, FUSION_CHOICES, branch_scores, labels_from_scores, tta_outputs
+
+# The inference CRF: the released code's teacher-B / test-time dense-CRF settings.
+INFERENCE_CRF = CRFParams(
+    iterations=10,
+    window=9,
+    gaussian_sxy=3,
+    gaussian_compat=3,
+    bilateral_sxy=83,
+    bilateral_srgb=5,
+    bilateral_compat=4,
+)
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    """How per-branch maps become label maps."""
+
+    branch: str = "fused"  # fused | refine | student | cam
+    fusion: str = "max"  # max | mean | product (of R's and S's softmax, for branch=fused)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    crf: str = "none"  # none | local | dense
+    crf_params: CRFParams = field(default_factory=lambda: INFERENCE_CRF)
+    confidence: float = 0.0  # pixels whose winning share is below this -> 255
+    cam_threshold: float | None = None  # background score of the CAM branch (required for branch=cam)
+
+    def __post_init__(self) -> None:
+        if self.branch not in BRANCH_CHOICES:
+            raise ASDTUserError(f"unknown branch {self.branch!r}; choose one of {', '.join(BRANCH_CHOICES)}")
+        if self.fusion not in FUSION_CHOICES:
+            raise ASDTUserError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSION_CHOICES)}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ASDTUserError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
+        if not 0 <= self.confidence < 1:
+            raise ASDTUserError(f"confidence must lie in [0, 1), got {self.confidence}")
+
+
+def crf_params_from(values: dict[str, Any] | None) -> CRFParams:
+    """Inference CRF parameters: ``INFERENCE_CRF`` overridden by a plain dict; unknown keys refused."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(CRFParams.__dataclass_fields__))
+    if unknown:
+        raise ASDTUserError(f"unknown crf_params {unknown}; known: {sorted(CRFParams.__dataclass_fields__)}")
+    return CRFParams(**{**INFERENCE_CRF.__dict__, **values})
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ASDTUserError(f"unknown device {device!r} ({err}); use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ASDTUserError("device=cuda but no GPU is visible; use device=cpu or device=auto")
+    return resolved
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict (on the CPU), or a one-line error."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ASDTUserError(f"checkpoint {path} not found; pass ckpt=<run>/checkpoints/last.ckpt (or best-*.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file: pickle, zip and torch errors alike
+        raise ASDTUserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ASDTUserError(f"{path} is not a Lightning checkpoint of this package (no state_dict/hyper_parameters)")
+    return ckpt
+
+
+def checkpoint_kind(ckpt: dict[str, Any]) -> str:
+    """``asdt`` (an ASDT network) or ``segmenter`` (a second-stage network)."""
+    hp = ckpt["hyper_parameters"]
+    if "segmenter" in hp:
+        return "segmenter"
+    if "net" in hp and "class_names" in hp:
+        return "asdt"
+    raise ASDTUserError("the checkpoint is neither an ASDT nor a second-stage segmenter checkpoint of this package")
+
+
+def check_compatible(
+    hparams: dict[str, Any], class_names: Sequence[str], has_background: bool, path: str | Path, dataset: str
+) -> None:
+    """Refuse a checkpoint trained on other classes (another dataset or class count), in one line."""
+    trained = list(hparams.get("class_names", []))
+    if len(trained) != len(class_names):
+        raise ASDTUserError(
+            f"checkpoint {path} was trained on {len(trained)} classes ({', '.join(trained[:6])}"
+            f"{', ...' if len(trained) > 6 else ''}) but dataset '{dataset}' has {len(class_names)}; "
+            "use a checkpoint trained on this dataset or set dataset= to the checkpoint's"
+        )
+    if trained != list(class_names):
+        diff = next(i for i, (a, b) in enumerate(zip(trained, class_names, strict=True)) if a != b)
+        raise ASDTUserError(
+            f"checkpoint {path} was trained on other classes than dataset '{dataset}' (class {diff} is "
+            f"'{trained[diff]}' there, '{class_names[diff]}' here); use a checkpoint trained on this dataset"
+        )
+    if bool(hparams.get("has_background", True)) != bool(has_background):
+        raise ASDTUserError(
+            f"checkpoint {path} has_background={hparams.get('has_background')} but dataset '{dataset}' has "
+            f"has_background={has_background}; use a checkpoint trained on this dataset"
+        )
+
+
+def load_model(
+    path: str | Path, class_names: Sequence[str], has_background: bool, dataset: str, device: torch.device
+) -> L.LightningModule:
+    """An ASDT or second-stage module from ``path``, checked against the dataset, in eval mode on ``device``."""
+    ckpt = read_checkpoint(path)
+    kind = checkpoint_kind(ckpt)
+    hparams = dict(ckpt["hyper_parameters"])
+    check_compatible(hparams, class_names, has_background, path, dataset)
+    if kind == "asdt":
+        from .module import ASDTModule
+
+        module: L.LightningModule = ASDTModule(**hparams)
+    else:
+        from .segmenter import SegmenterModule
+
+        # the weights come from the checkpoint: no download, no backbone file needed
+        hparams["segmenter"] = {**hparams["segmenter"], "pretrained": False, "weights": None}
+        module = SegmenterModule(**hparams)
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ASDTUserError(
+            f"checkpoint {path} does not match its own configuration ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected weights, e.g. {(missing or unexpected)[0]}); was it written by another "
+            "version of this package?"
+        )
+    return module.eval().to(device)
+
+
+@torch.no_grad()
+def model_outputs(
+    module: L.LightningModule, images: torch.Tensor, image_labels: torch.Tensor, scales: Sequence[float], flip: bool
+) -> dict[str, torch.Tensor]:
+    """Per-branch maps at the input resolution, averaged over scales and flips.
+
+    ASDT: ``cam`` (B, C, H, W) normalised CAMs, ``refine`` and ``student`` (B, K, H, W) softmax, restricted to the
+    image's labels. Second stage: ``segmenter`` (B, K, H, W) softmax over all labels.
+    """
+    if hasattr(module, "branch_probabilities"):
+
+        def predict(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = module.branch_probabilities(x, image_labels)
+            return {k: out[k] for k in ("cam", "refine", "student")}
+
+    else:
+
+        def predict(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"segmenter": module.probabilities(x)}
+
+    return tta_outputs(predict, images, scales, flip)
+
+
+def crf_per_image_group(
+    method: str,
+    rgb: torch.Tensor,
+    scores: torch.Tensor,
+    params: CRFParams,
+    allowed: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+) -> torch.Tensor:
+    """CRF over a padded batch: batched when all images share a size, else image by image on its own pixels."""
+    if method == "none":
+        return scores
+    if all(tuple(s) == tuple(rgb.shape[-2:]) for s in sizes):
+        return refine_with_crf(method, rgb, scores, params, allowed)
+    out = scores.clone()
+    for i, (h, w) in enumerate(sizes):
+        out[i : i + 1, :, :h, :w] = refine_with_crf(
+            method, rgb[i : i + 1, :, :h, :w], scores[i : i + 1, :, :h, :w], params, allowed[i : i + 1]
+        )
+    return out
+
+
+def label_maps(
+    outputs: dict[str, torch.Tensor],
+    rgb: torch.Tensor,
+    image_labels: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    params: InferenceParams,
+    has_background: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Branch selection/fusion, optional CRF, argmax and confidence threshold.
+
+    Args:
+        outputs: from ``model_outputs``; rgb: (B, 3, H, W) uint8 or float 0..255; image_labels: (B, C).
+    Returns:
+        (B, H, W) long labels (255 below the confidence threshold and on padding) and (B, H, W) confidence.
+    """
+    if "segmenter" in outputs:
+        scores = outputs["segmenter"]
+        allowed = torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device)
+    else:
+        if params.branch == "cam" and has_background and params.cam_threshold is None:
+            raise ASDTUserError("branch=cam needs cam_threshold (the CAM's constant background score, e.g. 0.3)")
+        threshold = params.cam_threshold if has_background else None
+        scores = branch_scores(outputs, image_labels, params.branch, params.fusion, threshold)
+        allowed = allowed_labels(image_labels, has_background)
+    scores = crf_per_image_group(params.crf, rgb.float(), scores, params.crf_params, allowed, sizes)
+    labels, conf = labels_from_scores(scores, params.confidence)
+    for i, (h, w) in enumerate(sizes):
+        labels[i, h:], labels[i, :, w:] = IGNORE_INDEX, IGNORE_INDEX
+        conf[i, h:], conf[i, :, w:] = 0.0, 0.0
+    return labels, conf

@@ -1,0 +1,103 @@
+"""The second stage: a fully supervised segmenter trained on pseudo masks, validated on real masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from ..constants import IGNORE_INDEX
+from ..errors import ASDTUserError
+from ..metrics import iou_from_confusion
+from ..models.deeplab import build_segmenter
+
+
+class SegmenterModule(L.LightningModule):
+    """DeepLab-v2/-v3 on a registry backbone; cross-entropy on (pseudo) masks with 255 ignored; poly LR.
+
+    All arguments are plain values (saved as hyper-parameters, so a checkpoint rebuilds the model).
+    ``segmenter``: keyword arguments of ``build_segmenter`` (arch, backbone, output_stride, rates, pretrained,
+    weights, frozen_bn, frozen_stem). ``optimizer``: name (sgd | adamw), lr, momentum, weight_decay,
+    poly_power, head_lr_mult.
+    """
+
+    def __init__(
+        self,
+        segmenter: dict[str, Any],
+        class_names: Sequence[str],
+        has_background: bool = True,
+        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        image_std: Sequence[float] = (0.229, 0.224, 0.225),
+        optimizer: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.has_background = has_background
+        self.num_labels = len(self.class_names) + int(has_background)
+        self.net = build_segmenter(num_labels=self.num_labels, **segmenter)
+        defaults = {"name": "sgd", "lr": 2.5e-4, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9}
+        self.optim = {**defaults, "head_lr_mult": 10.0, **(optimizer or {})}
+        unknown = sorted(set(self.optim) - {*defaults, "head_lr_mult"})
+        if unknown:
+            raise ASDTUserError(f"unknown segmenter optimizer option(s) {unknown}")
+        if self.optim["name"] not in ("sgd", "adamw"):
+            raise ASDTUserError(f"optimizer.name must be 'sgd' or 'adamw', got {self.optim['name']!r}")
+        self.val_confusion = MulticlassConfusionMatrix(self.num_labels, ignore_index=IGNORE_INDEX)
+        self.val_results: dict[str, Any] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K, H, W) logits at the input resolution."""
+        logits = self.net(images)
+        return F.interpolate(logits.float(), images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K, H, W) softmax at the input resolution."""
+        return torch.softmax(self(images), 1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        masks = batch["mask"]
+        logits = self(batch["image"])
+        if bool((masks != IGNORE_INDEX).any()):
+            loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+        else:  # a batch without a labelled pixel (all below the export's confidence threshold)
+            loss = logits.sum() * 0.0
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=masks.shape[0])
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=masks.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_confusion.update(self(batch["image"]).argmax(1), batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        iou = iou_from_confusion(self.val_confusion.compute())
+        self.val_confusion.reset()
+        names = (["background"] if self.has_background else []) + self.class_names
+        miou = float(torch.nanmean(iou))
+        self.val_results = {"miou": miou, "per_class_iou": dict(zip(names, iou.tolist(), strict=True))}
+        self.log("val/miou", miou, prog_bar=True)
+
+    def configure_optimizers(self):
+        o = self.optim
+        head_ids = {id(p) for m in self.net.head_modules() for p in m.parameters()}
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if id(p) not in head_ids], "lr": o["lr"]},
+            {"params": [p for p in params if id(p) in head_ids], "lr": o["lr"] * o["head_lr_mult"]},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if o["name"] == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        total = max(int(total), 1)
+        power = o["poly_power"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1 - min(step, total) / total) ** power
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,256 @@
+"""Export pseudo masks of an ASDT checkpoint as VOC-palette PNGs, for a second-stage segmenter.
+
+    python -m asdt_lightning.pseudo_labels ckpt=outputs/<run>/checkpoints/last.ckpt            # synthetic train
+    python -m asdt_lightning.pseudo_labels ckpt=... dataset=voc dataset.root=/data/VOCdevkit crf=dense \\
+        scales=[1.0,0.5,1.5] flip=true out=/data/pseudo/asdt_train_aug
+
+Masks are written at each image's original size and name (``<out>/<name>.png``), optionally with a per-pixel
+confidence map (``<out>/confidence/<name>.png``, uint8: round(255 * confidence)). Every file is written atomically;
+a re-run skips the images already done, so an interrupted export resumes and gives the same files as an
+uninterrupted one (images are always predicted in the same batches). ``<out>/export.json`` records the settings;
+a folder made with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data.inference import InferenceImages, pad_collate, reader_for
+from .data.voc import write_mask_png
+from .errors import ASDTUserError
+from .io_utils import atomic_write, atomic_write_text
+from .lit.inference import InferenceParams, crf_params_from, label_maps, load_model, model_outputs, resolve_device
+from .method.dense_crf import check_crf
+
+MANIFEST = "export.json"
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file (identifies the checkpoint an export came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def png_ok(path: Path, mode: str) -> bool:
+    """True if ``path`` is a complete, readable PNG of the given mode."""
+    if not path.is_file():
+        return False
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG" or im.mode != mode:
+                return False
+            im.load()
+    except (OSError, ValueError, SyntaxError):
+        return False
+    return True
+
+
+def write_confidence_png(path: Path, confidence: np.ndarray) -> Path:
+    """(H, W) confidence in [0, 1] -> greyscale uint8 PNG (round(255 * c)), atomically."""
+    image = Image.fromarray(np.round(np.clip(confidence, 0, 1) * 255).astype(np.uint8), mode="L")
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files a killed export may have left (``.<name>.png.<random>.tmp``)."""
+    count = 0
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to add to a folder exported with other settings; otherwise record this export's settings."""
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except ValueError:
+            found = None
+        if found != manifest:
+            keys = sorted(k for k in manifest if not isinstance(found, dict) or found.get(k) != manifest[k])
+            raise ASDTUserError(
+                f"{out} holds masks exported with other settings (differing: {', '.join(keys) or 'all'}); "
+                "choose another out= or delete that folder"
+            )
+        return
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def fixed_batches(names: Sequence[str], batch_size: int, done: set[str]) -> list[list[int]]:
+    """Chunks of the full list (always the same ones, so a resumed export predicts each image in the same batch
+    as an uninterrupted one), without the chunks whose images are all done."""
+    chunks = [list(range(i, min(i + batch_size, len(names)))) for i in range(0, len(names), batch_size)]
+    return [c for c in chunks if any(names[i] not in done for i in c)]
+
+
+def export_pseudo_masks(
+    module: torch.nn.Module,
+    dataset: InferenceImages,
+    out: Path,
+    params: InferenceParams,
+    has_background: bool,
+    device: torch.device,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    save_confidence: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict and write the masks of every image of ``dataset`` not yet in ``out``; returns counts and timing."""
+    out.mkdir(parents=True, exist_ok=True)
+    conf_dir = out / "confidence"
+    removed = remove_stale_temporaries(out) + (remove_stale_temporaries(conf_dir) if conf_dir.is_dir() else 0)
+
+    def is_done(name: str) -> bool:
+        if save_confidence and not png_ok(conf_dir / f"{name}.png", "L"):
+            return False
+        return png_ok(out / f"{name}.png", "P")
+
+    names = dataset.names
+    done = {n for n in names if is_done(n)}
+    batches = fixed_batches(names, batch_size, done)
+    todo = sum(1 for c in batches for i in c if names[i] not in done)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=pad_collate,
+        pin_memory=device.type == "cuda",
+    )
+    start = time.perf_counter()
+    written = 0
+    bar = tqdm(total=todo, unit="img", desc="pseudo masks", disable=not progress, dynamic_ncols=True)
+    with bar:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device)
+            outputs = model_outputs(module, images, labels, params.scales, params.flip)
+            masks, conf = label_maps(outputs, batch["rgb"].to(device), labels, batch["size"], params, has_background)
+            masks, conf = masks.cpu().numpy(), conf.cpu().numpy()
+            for i, name in enumerate(batch["name"]):
+                if name in done:
+                    continue
+                h, w = batch["size"][i]
+                if save_confidence:  # the mask is written last: its presence means the image is done
+                    write_confidence_png(conf_dir / f"{name}.png", conf[i, :h, :w])
+                write_mask_png(out / f"{name}.png", masks[i, :h, :w].astype(np.uint8))
+                written += 1
+                bar.update(1)
+    seconds = time.perf_counter() - start
+    return {
+        "images": len(names),
+        "skipped": len(done),
+        "written": written,
+        "stale_temporaries_removed": removed,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(written / seconds, 2) if written and seconds > 0 else None,
+    }
+
+
+def default_cam_threshold(ckpt: Path) -> float | None:
+    """The CAM's best background threshold from the training run's ``metrics.json`` (beside ``checkpoints/``)."""
+    metrics = ckpt.parent.parent / "metrics.json"
+    if metrics.is_file():
+        try:
+            return float(json.loads(metrics.read_text())["cam_threshold"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def inference_params(cfg: dict[str, Any], ckpt: Path | None = None) -> InferenceParams:
+    """InferenceParams from the plain config of pseudo_labels / evaluate."""
+    cam_threshold = cfg.get("cam_threshold")
+    if cam_threshold is None and cfg.get("branch") == "cam" and ckpt is not None:
+        cam_threshold = default_cam_threshold(ckpt)
+    return InferenceParams(
+        branch=cfg.get("branch", "fused"),
+        fusion=cfg.get("fusion", "max"),
+        scales=tuple(float(s) for s in cfg.get("scales", [1.0])),
+        flip=bool(cfg.get("flip", False)),
+        crf=cfg.get("crf", "none"),
+        crf_params=crf_params_from(cfg.get("crf_params")),
+        confidence=float(cfg.get("confidence", 0.0)),
+        cam_threshold=None if cam_threshold is None else float(cam_threshold),
+    )
+
+
+def default_out_dir(ckpt: Path, split: str) -> Path:
+    """``<run>/pseudo_masks/<split>`` for a checkpoint at ``<run>/checkpoints/<file>.ckpt``."""
+    return ckpt.parent.parent / "pseudo_masks" / Path(split).stem
+
+
+def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check everything cheap, then export. ``cfg``: the plain pseudo_labels config."""
+    ckpt = Path(cfg["ckpt"]).expanduser()
+    params = inference_params(cfg, ckpt)
+    check_crf(params.crf)
+    if params.branch == "cam" and params.cam_threshold is None and cfg["dataset"]["has_background"]:
+        raise ASDTUserError(f"branch=cam needs cam_threshold= (no metrics.json beside {ckpt.parent} to take it from)")
+    if int(cfg["batch_size"]) < 1:
+        raise ASDTUserError(f"batch_size must be >= 1, got {cfg['batch_size']}")
+    device = resolve_device(cfg["device"])
+    data = cfg["dataset"]
+    reader = reader_for(data)
+    split = cfg["split"]
+    module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
+    dataset = InferenceImages(reader, split, data["mean"], data["std"])
+    out = Path(cfg["out"]).expanduser() if cfg.get("out") else default_out_dir(ckpt, split)
+    manifest = {
+        "checkpoint_sha256": file_digest(ckpt),
+        "dataset": data["name"],
+        "root": str(reader.root.resolve()),
+        "split": split,
+        "params": {**params.__dict__, "crf_params": params.crf_params.__dict__, "scales": list(params.scales)},
+        "save_confidence": bool(cfg["save_confidence"]),
+        "batch_size": int(cfg["batch_size"]),
+    }
+    check_manifest(out, manifest)
+    print(f"exporting {len(dataset)} pseudo masks of '{split}' to {out} ({params.branch}, crf={params.crf})")
+    summary = export_pseudo_masks(
+        module,
+        dataset,
+        out,
+        params,
+        reader.has_background,
+        device,
+        batch_size=int(cfg["batch_size"]),
+        num_workers=int(cfg["num_workers"]),
+        save_confidence=bool(cfg["save_confidence"]),
+        progress=bool(cfg.get("progress", True)),
+    )
+    summary["out"] = str(out)
+    rate = f", {summary['images_per_second']} images/s" if summary["images_per_second"] else ""
+    print(f"{summary['written']} written, {summary['skipped']} already done{rate}: {out}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="pseudo_labels")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_export(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except ASDTUserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
