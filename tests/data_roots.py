@@ -105,6 +105,7 @@ def make_coco(
     fmt: str = "mat",
     lists: dict[str, Sequence[str]] | None = None,
     sizes: Sequence[tuple[int, int]] | None = None,
+    jpeg: dict | None = None,
 ) -> Path:
     """``tmp/cocostuff-10k``: ``images/``, ``annotations/`` (``fmt`` mat or png, raw ids, stripes with an
     unlabeled (0) band), ``imageLists/`` (default train: first two thirds, test: the rest, all: everything)."""
@@ -116,7 +117,7 @@ def make_coco(
     for k, name in enumerate(names):
         h, w = sizes[k] if sizes else size
         labels = blocks_mask(h, w, coco_ids(k), band=0)
-        Image.fromarray(image_from_mask(labels, k)).save(root / "images" / f"{name}.jpg", quality=95)
+        Image.fromarray(image_from_mask(labels, k)).save(root / "images" / f"{name}.jpg", **(jpeg or {"quality": 95}))
         if fmt == "mat":
             write_coco_mat(root / "annotations" / f"{name}.mat", labels)
         else:

@@ -89,8 +89,9 @@ class SplitEntries:
 
 
 def resolve_problems(split: str, problems: dict[str, str], on_bad_sample: str) -> None:
-    """Raise on the first problem (``error``) or warn once with the count (``skip``)."""
-    if not problems:
+    """Raise on the first problem (``error``), warn once with the count (``skip``), or pass (``report``: the
+    caller lists them)."""
+    if not problems or on_bad_sample == "report":
         return
     first = next(iter(problems.values()))
     more = len(problems) - 1
@@ -109,6 +110,7 @@ class SegmentationReader(ABC):
 
     name: str = "dataset"
     download_hint: str = ""
+    image_only_lists: tuple[str, ...] = ()  # lists without labels or masks (read with targets=False)
 
     def __init__(self, root: str | Path, class_names: Sequence[str], has_background: bool) -> None:
         self.given_root = Path(root).expanduser()
@@ -195,7 +197,7 @@ class SegmentationReader(ABC):
 
         One ``stat`` per file, plus the label source (cached). Problems raise or are skipped per ``on_bad_sample``.
         """
-        key = (split, targets, check_policy(on_bad_sample))
+        key = (split, targets, on_bad_sample if on_bad_sample == "report" else check_policy(on_bad_sample))
         if key in self._entries:
             return self._entries[key]
         list_path = self.list_path(split)

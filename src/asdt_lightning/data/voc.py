@@ -237,6 +237,7 @@ class VOCReader(SegmentationReader):
     255 void), ``ImageSets/Segmentation/<list>.txt``."""
 
     name = "voc"
+    image_only_lists = ("test",)
     download_hint = f"re-extract the images ({VOC_URL}) or fix the list"
 
     def __init__(self, root: str | Path, class_names: Sequence[str] = VOC_CLASSES) -> None:
