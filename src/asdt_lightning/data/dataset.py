@@ -220,6 +220,7 @@ class SegmentationReader(ABC):
             problems.update(label_problems)
             names = [n for n in names if n not in label_problems]
             labels = [found[n] for n in names]
+        problems = {n: problems[n] for n in listed if n in problems}  # in list order
         resolve_problems(split, problems, on_bad_sample)
         if not names:
             raise DatasetError(f"no usable entry left in list {list_path}; see the warnings above")
