@@ -1,0 +1,212 @@
+"""The whole WSSS pipeline in one command (Hydra entry point).
+
+    python -m asdt_lightning.pipeline                 # synthetic default, CPU, about 20 minutes on 2 cores
+    make pipeline
+
+Stages, each in its own folder of the run: ``asdt/`` (train ASDT), ``eval_pseudo/`` (every branch as pseudo masks
+on the training list, without and with CRF), ``pseudo_masks/`` (the export), ``eval_export/`` (the exported PNGs
+against the training masks), ``segment/`` (the second stage), ``eval_val/`` (the second stage on the validation
+masks). ``pipeline.md`` / ``pipeline.json`` hold the table: pseudo-mask mIoU on train, second-stage mIoU on val.
+A stage whose result file exists is skipped, so a re-run with the same ``output_dir`` resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ASDTUserError
+from .evaluate import BRANCH_TITLES, run_evaluate
+from .io_utils import atomic_write_text
+from .pseudo_labels import run_export
+from .segment import segment
+from .train import train
+
+
+def resolve_crf(crf: str) -> str:
+    """``auto``: the exact dense CRF when pydensecrf2 is installed, else the local PyTorch CRF."""
+    if crf != "auto":
+        return crf
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return "local"
+    return "dense"
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _stage(name: str, done: Path, timings: dict[str, float], work: Callable[[], Any]) -> None:
+    """Run ``work`` unless ``done`` exists; record its wall time."""
+    if done.is_file():
+        print(f"[pipeline] {name}: done already ({done})")
+        return
+    print(f"[pipeline] {name} ...")
+    start = time.perf_counter()
+    work()
+    timings[name] = round(time.perf_counter() - start, 1)
+    print(f"[pipeline] {name}: {timings[name]:.0f} s")
+
+
+def pipeline_table(pseudo: dict[str, Any], export: dict[str, Any], stage2: dict[str, Any], crf: str) -> str:
+    """Markdown: pseudo-mask mIoU on the training list per branch (without / with CRF), the exported masks, and
+    the second stage on the validation list."""
+    crf_col = f"+ {crf} CRF" if crf != "none" else "+ CRF"
+    limit = f"first {pseudo['images']}" if pseudo.get("limit") else f"all {pseudo['images']}"
+    lines = [
+        f"| what | split (images) | mIoU (%) | mIoU {crf_col} (%) |",
+        "|---|---|---:|---:|",
+    ]
+    for branch, per_crf in pseudo["results"].items():
+        plain = f"{100 * per_crf['none']['miou']:.2f}" if "none" in per_crf else "-"
+        refined = f"{100 * per_crf[crf]['miou']:.2f}" if crf in per_crf and crf != "none" else "-"
+        title = BRANCH_TITLES.get(branch, branch)
+        if branch == "cam":
+            title += f" @ bg {pseudo['cam_threshold']}"
+        lines.append(f"| pseudo masks: {title} | {pseudo['split']} ({limit}) | {plain} | {refined} |")
+    scores = export["results"]["folder"]["none"]
+    lines.append(
+        f"| exported pseudo masks (PNG) | {export['split']} (all {export['images']}) | {100 * scores['miou']:.2f} | |"
+    )
+    seg = stage2["results"]["segmenter"]["none"]
+    lines.append(
+        f"| **second stage** ({stage2.get('arch', 'segmenter')}) | {stage2['split']} (all {stage2['images']}) | "
+        f"**{100 * seg['miou']:.2f}** | |"
+    )
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """All stages; needs an initialised Hydra (``hydra.main`` or ``initialize_config_module``) to compose configs."""
+    out = Path(cfg.output_dir)
+    crf = resolve_crf(cfg.crf)
+    common: Sequence[str] = list(cfg.common)
+    evaluate_extra: Sequence[str] = list(cfg.evaluate)
+    crfs = "[none]" if crf == "none" else f"[none,{crf}]"
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    asdt = out / "asdt"
+    _stage(
+        "train ASDT",
+        asdt / "metrics.json",
+        timings,
+        lambda: train(compose("train", overrides=[*common, *cfg.train, f"output_dir={asdt}"])),
+    )
+    ckpt = asdt / "checkpoints" / "last.ckpt"
+    asdt_metrics = json.loads((asdt / "metrics.json").read_text())
+
+    eval_pseudo = out / "eval_pseudo"
+    limit = "null" if cfg.pseudo_eval_limit is None else int(cfg.pseudo_eval_limit)
+    pseudo_overrides = [
+        *common,
+        f"ckpt={ckpt}",
+        "split=${dataset.train_list}",
+        f"crfs={crfs}",
+        f"limit={limit}",
+        f"cam_threshold={asdt_metrics['cam_threshold']}",  # chosen on the validation set by train
+        f"out={eval_pseudo}",
+        *evaluate_extra,
+    ]
+    _stage(
+        "score branches as pseudo masks",
+        eval_pseudo / "results.json",
+        timings,
+        lambda: run_evaluate(_plain(compose("evaluate", overrides=pseudo_overrides))),
+    )
+
+    masks = out / "pseudo_masks"
+    export_overrides = [*common, f"ckpt={ckpt}", f"crf={crf}", f"out={masks}", *cfg.pseudo_labels]
+    _stage(
+        "export pseudo masks",
+        masks / "summary.json",
+        timings,
+        lambda: atomic_write_text(
+            masks / "summary.json",
+            json.dumps(run_export(_plain(compose("pseudo_labels", overrides=export_overrides))), indent=2),
+        ),
+    )
+
+    eval_export = out / "eval_export"
+    export_eval = [*common, f"pred_dir={masks}", "split=${dataset.train_list}", f"out={eval_export}", *evaluate_extra]
+    _stage(
+        "score exported masks",
+        eval_export / "results.json",
+        timings,
+        lambda: run_evaluate(_plain(compose("evaluate", overrides=export_eval))),
+    )
+
+    seg = out / "segment"
+    _stage(
+        "train second stage",
+        seg / "metrics.json",
+        timings,
+        lambda: segment(
+            compose("segment", overrides=[*common, f"pseudo_masks={masks}", f"output_dir={seg}", *cfg.segment])
+        ),
+    )
+
+    eval_val = out / "eval_val"
+    val_overrides = [
+        *common,
+        f"ckpt={seg / 'checkpoints' / 'last.ckpt'}",
+        "crfs=[none]",
+        f"out={eval_val}",
+        *evaluate_extra,
+    ]
+    _stage(
+        "score second stage on val",
+        eval_val / "results.json",
+        timings,
+        lambda: run_evaluate(_plain(compose("evaluate", overrides=val_overrides))),
+    )
+
+    pseudo = json.loads((eval_pseudo / "results.json").read_text())
+    export = json.loads((eval_export / "results.json").read_text())
+    stage2 = json.loads((eval_val / "results.json").read_text())
+    stage2["arch"] = json.loads((seg / "metrics.json").read_text()).get("arch")
+    table = pipeline_table(pseudo, export, stage2, crf)
+    summary = {
+        "crf": crf,
+        "table": table,
+        "pseudo_masks_train": {b: {c: s["miou"] for c, s in v.items()} for b, v in pseudo["results"].items()},
+        "cam_threshold": pseudo["cam_threshold"],
+        "exported_masks_train": export["results"]["folder"]["none"]["miou"],
+        "second_stage_val": stage2["results"]["segmenter"]["none"]["miou"],
+        "asdt_val": asdt_metrics["miou"],
+        "stage_seconds": timings,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_text(out / "pipeline.json", json.dumps(summary, indent=2) + "\n")
+    timing_lines = "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items())
+    atomic_write_text(
+        out / "pipeline.md",
+        f"# WSSS pipeline ({out})\n\n{table}\n\n| stage | wall (s) |\n|---|---:|\n{timing_lines}\n"
+        f"| **total** | **{summary['wall_seconds']:.0f}** |\n",
+    )
+    print(f"\n{table}\n\n(total {summary['wall_seconds']:.0f} s; {out / 'pipeline.md'})")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="pipeline")
+def main(cfg: DictConfig) -> float:
+    try:
+        summary = run_pipeline(cfg)
+    except ASDTUserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return summary["second_stage_val"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Hydra entry point of the second stage: train a fully supervised segmenter on exported pseudo masks.
+
+    python -m asdt_lightning.segment pseudo_masks=outputs/<run>/pseudo_masks/train          # synthetic, CPU
+    python -m asdt_lightning.segment dataset=voc dataset.root=/data/VOCdevkit pseudo_masks=/data/pseudo/train_aug \\
+        backbone=resnet101 backbone.output_stride=8 backbone.pretrained=true segmenter.rates=[6,12,18,24] \\
+        optimizer.name=sgd optimizer.lr=2.5e-4 optimizer.head_lr_mult=10 trainer=gpu trainer.max_steps=20000
+
+Writes ``metrics.json`` (validation mIoU on the real masks, at the validation transform's size),
+``config_resolved.yaml`` and ``checkpoints/last.ckpt`` into the run folder; score the checkpoint at the original
+image size with ``python -m asdt_lightning.evaluate ckpt=<run>/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from .data.pseudo_masks import pseudo_mask_datamodule
+from .errors import ASDTUserError
+from .io_utils import atomic_write_text
+from .lit.checkpoint_io import AtomicCheckpointIO
+from .lit.segmenter import SegmenterModule
+from .metrics import per_class_table
+from .models.backbones import available_backbones
+from .models.deeplab import ARCHITECTURES
+from .tracking import build_loggers, finish_loggers
+
+
+def check_config(plain: dict[str, Any]) -> None:
+    """Cheap checks before any data or model is built."""
+    if not plain.get("pseudo_masks"):
+        raise ASDTUserError(
+            "pseudo_masks=<folder> is required (export one with python -m asdt_lightning.pseudo_labels)"
+        )
+    backbone, arch = plain["backbone"], plain["segmenter"]["arch"]
+    if backbone["name"] not in available_backbones():
+        raise ASDTUserError(f"unknown backbone '{backbone['name']}'; choose one of: {', '.join(available_backbones())}")
+    if arch not in ARCHITECTURES:
+        raise ASDTUserError(f"unknown segmenter.arch '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
+    weights = backbone.get("weights")
+    if weights is not None and not Path(weights).expanduser().is_file():
+        raise ASDTUserError(f"backbone.weights file not found: {weights}")
+
+
+def build_segmenter_module(plain: dict[str, Any], class_names: list[str], has_background: bool) -> SegmenterModule:
+    backbone = plain["backbone"]
+    return SegmenterModule(
+        segmenter={
+            "arch": plain["segmenter"]["arch"],
+            "rates": list(plain["segmenter"]["rates"]),
+            "backbone": backbone["name"],
+            **{k: v for k, v in backbone.items() if k != "name"},
+        },
+        class_names=class_names,
+        has_background=has_background,
+        image_mean=plain["dataset"]["mean"],
+        image_std=plain["dataset"]["std"],
+        optimizer=plain["optimizer"],
+    )
+
+
+def segment(cfg: DictConfig) -> dict[str, Any]:
+    """Check, build, fit, validate on the real masks; returns (and writes) the metrics."""
+    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    check_config(plain)
+    out_dir = Path(plain["output_dir"])
+    L.seed_everything(plain["seed"], workers=True)
+    datamodule = pseudo_mask_datamodule(plain["dataset"], plain["seed"], plain["pseudo_masks"])
+    module = build_segmenter_module(plain, datamodule.class_names, datamodule.has_background)
+    atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    loggers = build_loggers(plain.get("logger"), {k: v for k, v in plain.items() if k != "hydra"})
+    trainer = L.Trainer(
+        **plain["trainer"],
+        callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0)],
+        logger=loggers or False,
+        default_root_dir=out_dir,
+        plugins=[AtomicCheckpointIO()],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=plain.get("ckpt_path"))
+    train_seconds = time.perf_counter() - start
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    metrics = {
+        **module.val_results,
+        "global_step": trainer.global_step,
+        "train_seconds": round(train_seconds, 1),
+        "pseudo_masks": str(plain["pseudo_masks"]),
+        "dataset": plain["dataset"]["name"],
+        "val_list": plain["dataset"]["val_list"],
+        "arch": plain["segmenter"]["arch"],
+        "backbone": plain["backbone"]["name"],
+    }
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    finish_loggers(loggers, {"miou": {"segmenter": metrics["miou"]}})
+    names = list(metrics["per_class_iou"])
+    print(f"\n{per_class_table({'second stage': list(metrics['per_class_iou'].values())}, names)}")
+    print(f"second-stage validation mIoU {100 * metrics['miou']:.2f}% (outputs in {out_dir})")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="segment")
+def main(cfg: DictConfig) -> float:
+    try:
+        metrics = segment(cfg)
+    except ASDTUserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics["miou"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Helpers of the pseudo-mask, evaluation, second-stage and pipeline tests: a tiny synthetic root and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from asdt_lightning.data.inference import reader_for
+from asdt_lightning.data.synthetic import SYNTHETIC_CLASSES
+from asdt_lightning.lit.module import ASDTModule
+from conftest import small_module_kwargs
+
+TINY_DATA = ["dataset.synthetic.num_train=10", "dataset.synthetic.num_val=6", "dataset.synthetic.image_size=48"]
+
+
+def compose_plain(config_name: str, *overrides: str) -> dict:
+    """A composed config as a plain dict (hydra interpolations resolved where set)."""
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        cfg = compose(config_name, overrides=[*TINY_DATA, *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def tiny_reader(*overrides: str):
+    """The reader of the tiny synthetic dataset (generated on first use) and its dataset config."""
+    data = compose_plain("pseudo_labels", "ckpt=unused", *overrides)["dataset"]
+    return reader_for(data), data
+
+
+def save_asdt_checkpoint(path: Path, class_names=SYNTHETIC_CLASSES, seed: int = 0, **overrides) -> Path:
+    """A randomly initialised small ASDT network saved as a Lightning-style checkpoint."""
+    torch.manual_seed(seed)
+    module = ASDTModule(**small_module_kwargs(class_names=list(class_names), **overrides))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
