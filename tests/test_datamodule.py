@@ -71,3 +71,36 @@ def test_check_names_a_missing_root_or_list(root, tmp_path):
     with pytest.raises(DatasetError, match="nolist_val"):
         VOCDataModule(root, SYNTHETIC_CLASSES, val_list="nolist_val").check()
     assert VOCDataModule(root, SYNTHETIC_CLASSES).check() == root
+
+
+def test_coco_stuff_goes_through_the_same_datamodule(tmp_path, monkeypatch):
+    """No background: masks hold 0..170 and 255, labels have 171 columns, the .mat cache is built by prepare_data."""
+    from asdt_lightning.data.coco_stuff import CocoStuffReader
+    from asdt_lightning.data.datamodule import SegmentationDataModule
+    from data_roots import make_coco
+
+    monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
+    root = make_coco(tmp_path, n=6, size=(40, 56))
+    dm = SegmentationDataModule(
+        CocoStuffReader(root),
+        train_list="train",
+        val_list="test",
+        crop_size=32,
+        val_size=48,
+        batch_size=2,
+        num_workers=0,
+        color_jitter={"brightness": 0.3, "hue": 0.05},
+    )
+    assert dm.check() == root and not dm.has_background and dm.num_classes == 171
+    dm.prepare_data()
+    assert len(list(dm.reader.cache.labels.glob("*.png"))) == 6
+    dm.setup("fit")
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["labels"].shape == (2, 171)
+    assert set(batch["mask"].unique().tolist()) <= set(range(171)) | {255}
+    assert (batch["mask"][~batch["valid"]] == 255).all() and batch["size"].tolist() == [[40, 56], [40, 56]]
+    for mask, labels in zip(batch["mask"], batch["labels"], strict=True):  # mask classes are image classes
+        present = set(mask.unique().tolist()) - {255}
+        assert present <= set(labels.nonzero().flatten().tolist())
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape == (2, 3, 48, 48) and val["name"] == dm.val_set.names

@@ -420,7 +420,11 @@ class CocoStuffReader(SegmentationReader):
         return png if png.is_file() else src
 
     def decode_mask(self, path: Path) -> np.ndarray:
-        raw = read_mat_labels(path) if path.suffix == ".mat" else check_raw_ids(read_mask(path), path)
+        if path.suffix == ".mat":
+            return self.lookup[read_mat_labels(path)]
+        raw = read_mask(path)
+        if path.parent != self.cache.labels:  # a user's PNG: check its ids (the cache's were checked once)
+            check_raw_ids(raw, path)
         return self.lookup[raw]
 
 
