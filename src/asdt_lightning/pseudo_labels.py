@@ -77,6 +77,17 @@ def remove_stale_temporaries(folder: Path) -> int:
     return count
 
 
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse to add to a folder exported with other settings; otherwise record this export's settings."""
     path = out / MANIFEST
@@ -86,7 +97,8 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
         except ValueError:
             found = None
         if found != manifest:
-            keys = sorted(k for k in manifest if not isinstance(found, dict) or found.get(k) != manifest[k])
+            ours, theirs = _flatten(manifest), _flatten(found) if isinstance(found, dict) else {}
+            keys = sorted(k for k in ours if theirs.get(k) != ours[k])
             raise ASDTUserError(
                 f"{out} holds masks exported with other settings (differing: {', '.join(keys) or 'all'}); "
                 "choose another out= or delete that folder"

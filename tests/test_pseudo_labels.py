@@ -1,0 +1,158 @@
+"""Pseudo-mask export: files, resume after a crash (byte-identical), refusals, CRF choices."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import asdt_lightning.pseudo_labels as pl
+from asdt_lightning.data.voc import read_mask
+from asdt_lightning.errors import ASDTUserError
+from wsss_helpers import compose_plain, save_asdt_checkpoint
+
+FAST = ["num_workers=0", "batch_size=3", "progress=false", "crf_params.iterations=2", "crf_params.window=5"]
+
+
+def export(ckpt, out, *extra):
+    return pl.run_export(compose_plain("pseudo_labels", f"ckpt={ckpt}", f"out={out}", *FAST, *extra))
+
+
+def digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png")}
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return save_asdt_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+
+
+def test_export_writes_palette_masks_at_original_size_with_confidence(ckpt, tmp_path):
+    summary = export(ckpt, tmp_path / "masks", "save_confidence=true", "confidence=0.5", "crf=local")
+    assert summary["written"] == 10 and summary["skipped"] == 0
+    masks = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(masks) == 10
+    for path in masks:
+        with Image.open(path) as im:
+            assert im.mode == "P" and im.size == (48, 48)
+            assert im.getpalette()[3:6] == [128, 0, 0]  # VOC colour of label 1
+        mask = read_mask(path)
+        conf = np.asarray(Image.open(tmp_path / "masks" / "confidence" / path.name))
+        assert set(np.unique(mask)) <= set(range(7)) | {255}
+        assert ((conf < 0.5 * 255 - 1) <= (mask == 255)).all()  # unconfident pixels are ignore
+        assert (mask[conf > 0.5 * 255 + 1] != 255).all()
+
+
+def test_interrupted_export_resumes_to_identical_files(ckpt, tmp_path, monkeypatch):
+    export(ckpt, tmp_path / "full", "save_confidence=true")
+    reference = digests(tmp_path / "full")
+    assert len(reference) == 20
+
+    real_write = pl.write_mask_png
+    calls = {"n": 0}
+
+    def crash_after_four(path, mask):
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed half way")
+        calls["n"] += 1
+        return real_write(path, mask)
+
+    monkeypatch.setattr(pl, "write_mask_png", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        export(ckpt, tmp_path / "resumed", "save_confidence=true")
+    assert len(list((tmp_path / "resumed").glob("*.png"))) == 4
+    (tmp_path / "resumed" / ".syn_000009.png.abc.tmp").write_bytes(b"half a file")  # as a SIGKILL leaves it
+    monkeypatch.setattr(pl, "write_mask_png", real_write)
+
+    summary = export(ckpt, tmp_path / "resumed", "save_confidence=true")
+    assert summary["skipped"] == 4 and summary["written"] == 6 and summary["stale_temporaries_removed"] == 1
+    assert digests(tmp_path / "resumed") == reference
+    assert not list((tmp_path / "resumed").glob(".*"))
+
+
+def test_a_broken_mask_is_redone(ckpt, tmp_path):
+    export(ckpt, tmp_path / "masks")
+    reference = digests(tmp_path / "masks")
+    victim = tmp_path / "masks" / "syn_000003.png"
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated by some other tool
+    summary = export(ckpt, tmp_path / "masks")
+    assert summary["written"] == 1
+    assert digests(tmp_path / "masks") == reference
+
+
+def test_folder_of_other_settings_is_refused(ckpt, tmp_path):
+    export(ckpt, tmp_path / "masks")
+    with pytest.raises(ASDTUserError, match="other settings.*crf"):
+        export(ckpt, tmp_path / "masks", "crf=local")
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [(["a", "b", "c"], "trained on 3 classes"), (["apple", "bell", "cone", "drum", "egg", "fig"], "class 5 is 'fig'")],
+)
+def test_checkpoint_of_another_dataset_is_refused_in_one_line(tmp_path, classes, message):
+    ckpt = save_asdt_checkpoint(tmp_path / "other.ckpt", class_names=classes)
+    with pytest.raises(ASDTUserError, match=message) as err:
+        export(ckpt, tmp_path / "masks")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "masks").exists()  # refused before anything was written
+
+
+def test_missing_or_foreign_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ASDTUserError, match="not found"):
+        export(tmp_path / "nope.ckpt", tmp_path / "masks")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ASDTUserError, match="cannot read checkpoint"):
+        export(junk, tmp_path / "masks")
+
+
+def test_cam_branch_takes_the_threshold_from_the_run(ckpt, tmp_path):
+    with pytest.raises(ASDTUserError, match="cam_threshold"):
+        export(ckpt, tmp_path / "masks", "branch=cam")
+    (ckpt.parent.parent / "metrics.json").write_text('{"cam_threshold": 0.99}')
+    export(ckpt, tmp_path / "masks", "branch=cam")
+    # a 0.99 background score beats almost every normalised CAM: (nearly) all background
+    masks = np.stack([read_mask(p) for p in (tmp_path / "masks").glob("*.png")])
+    assert (masks == 0).mean() > 0.9
+
+
+def test_dense_crf_needs_the_extra_or_runs(ckpt, tmp_path, monkeypatch):
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        with pytest.raises(ASDTUserError, match="pip install"):
+            export(ckpt, tmp_path / "masks", "crf=dense")
+        return
+    summary = export(ckpt, tmp_path / "masks", "crf=dense")
+    assert summary["written"] == 10
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pydensecrf(name, *args, **kwargs):
+        if name.startswith("pydensecrf"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pydensecrf)
+    with pytest.raises(ASDTUserError, match="pip install 'asdt-lightning\\[crf\\]'"):
+        export(ckpt, tmp_path / "masks2", "crf=dense")
+
+
+def test_multiscale_flip_changes_nothing_for_a_symmetric_model_input(ckpt, tmp_path):
+    """Flip TTA of a horizontally symmetric batch equals the plain pass (the flip is undone correctly)."""
+    from asdt_lightning.method.fusion import tta_outputs
+
+    def predict(x):
+        return {"refine": torch.softmax(x[:, :2], 1), "cam": x[:, :1].abs()}
+
+    images = torch.randn(2, 3, 16, 16)
+    plain = tta_outputs(predict, images, (1.0,), False)
+    flipped = tta_outputs(lambda x: predict(x), images, (1.0,), True)
+    # the prediction is pixel-wise, so flip-and-unflip reproduces it exactly
+    assert torch.allclose(plain["refine"], flipped["refine"], atol=1e-6)
+    multi = tta_outputs(predict, images, (1.0, 0.5), True)
+    assert multi["refine"].shape == plain["refine"].shape
+    assert torch.allclose(multi["cam"].flatten(2).amax(2), torch.ones(2, 1))  # CAMs re-normalised to peak 1
