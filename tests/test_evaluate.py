@@ -1,0 +1,135 @@
+"""Evaluation: the VOC mIoU definition (hand-computed and against a numpy implementation), PNG folders, reports."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from asdt_lightning.data.voc import read_mask, write_mask_png
+from asdt_lightning.errors import ASDTUserError
+from asdt_lightning.evaluate import run_evaluate
+from asdt_lightning.metrics import confusion_and_unlabelled, confusion_matrix, mean_iou, segmentation_scores
+from wsss_helpers import compose_plain, save_asdt_checkpoint, tiny_reader
+
+FAST = ["num_workers=0", "progress=false", "crf_params.iterations=2", "crf_params.window=5"]
+
+
+def numpy_miou(preds, gts, k, ignore=255):
+    """An independent VOC mIoU: bincount over valid pixels of all images, IoU over classes seen anywhere."""
+    hist = np.zeros((k, k), dtype=np.int64)
+    for p, g in zip(preds, gts, strict=True):
+        valid = g != ignore
+        hist += np.bincount(k * g[valid].astype(int) + p[valid], minlength=k * k).reshape(k, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist))
+    return np.nanmean(iou)
+
+
+def test_hand_computed_case():
+    gt = torch.tensor([[0, 0, 1, 1], [0, 2, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 2, 0, 1]])
+    cm = confusion_matrix(pred, gt, 4)
+    assert cm.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    # IoU: bg 2/(3+3-2)=0.5, c1 2/(2+3-2)=2/3, c2 1/(2+1-1)=0.5, c3 absent everywhere -> excluded
+    assert mean_iou(cm) == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
+    scores = segmentation_scores(cm, ["bg", "a", "b", "c"])
+    assert scores["iou"]["c"] is None
+    assert scores["precision"]["a"] == pytest.approx(2 / 3) and scores["recall"]["a"] == pytest.approx(1.0)
+    assert scores["precision"]["b"] == pytest.approx(1.0) and scores["recall"]["b"] == pytest.approx(0.5)
+    assert scores["pixel_accuracy"] == pytest.approx(5 / 7)
+
+
+def test_unlabelled_prediction_is_a_miss():
+    gt = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 255, 1, 255])
+    cm, unlabelled = confusion_and_unlabelled(pred, gt, 2)
+    assert cm.tolist() == [[1, 0], [0, 1]] and unlabelled.tolist() == [1, 1]
+    scores = segmentation_scores(cm, ["bg", "a"], unlabelled)
+    assert scores["miou"] == pytest.approx(0.5) and scores["labelled_fraction"] == pytest.approx(0.5)
+    assert scores["precision"]["a"] == 1.0 and scores["recall"]["a"] == 0.5
+
+
+def test_agrees_with_an_independent_numpy_implementation():
+    rng = np.random.default_rng(0)
+    k = 6
+    gts = [rng.integers(0, k, (17, 23)) for _ in range(5)]
+    for g in gts:
+        g[rng.random(g.shape) < 0.1] = 255
+    gts[0][gts[0] == 4] = 0  # a class missing from one image
+    preds = [
+        np.where(rng.random(g.shape) < 0.6, np.where(g == 255, 0, g), rng.integers(0, k - 1, g.shape)) for g in gts
+    ]
+    total = sum(confusion_matrix(torch.from_numpy(p), torch.from_numpy(g), k) for p, g in zip(preds, gts, strict=True))
+    assert mean_iou(total) == pytest.approx(numpy_miou(preds, gts, k), abs=1e-12)
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    tm = MulticlassConfusionMatrix(k, ignore_index=255)
+    for p, g in zip(preds, gts, strict=True):
+        tm.update(torch.from_numpy(p), torch.from_numpy(g))
+    assert torch.equal(tm.compute(), total)
+
+
+def test_out_of_range_labels_are_refused():
+    with pytest.raises(ValueError, match="predicted labels"):
+        confusion_matrix(torch.tensor([7]), torch.tensor([0]), 3)
+    with pytest.raises(ValueError, match="ground-truth labels"):
+        confusion_matrix(torch.tensor([0]), torch.tensor([5]), 3)
+
+
+def test_png_folder_is_scored_against_ground_truth(tmp_path):
+    reader, _ = tiny_reader()
+    names = reader.read_list("val")
+    gts = {n: reader.decode_mask(reader.mask_file(n)) for n in names}
+    for i, (name, gt) in enumerate(gts.items()):
+        pred = np.where(gt == 255, 0, gt).astype(np.uint8)
+        if i % 2:  # damage every second prediction
+            pred[:10] = 0
+        write_mask_png(tmp_path / "pred" / f"{name}.png", pred)
+    report = run_evaluate(compose_plain("evaluate", f"pred_dir={tmp_path / 'pred'}", f"out={tmp_path / 'out'}", *FAST))
+    expected = numpy_miou(
+        [read_mask(tmp_path / "pred" / f"{n}.png") for n in names],
+        [gts[n] for n in names],
+        7,
+    )
+    assert report["results"]["folder"]["none"]["miou"] == pytest.approx(expected, abs=1e-12)
+    assert 0 < expected < 1
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written["results"]["folder"]["none"]["miou"] == report["results"]["folder"]["none"]["miou"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert f"{100 * expected:.2f}" in markdown and "| background |" in markdown
+    assert (tmp_path / "out" / "confusion_folder.png").stat().st_size > 1000
+
+    (tmp_path / "pred" / f"{names[0]}.png").unlink()
+    with pytest.raises(ASDTUserError, match=f"1 of {len(names)} images"):
+        run_evaluate(compose_plain("evaluate", f"pred_dir={tmp_path / 'pred'}", f"out={tmp_path / 'o2'}", *FAST))
+    write_mask_png(tmp_path / "pred" / f"{names[0]}.png", np.zeros((5, 5), np.uint8))
+    with pytest.raises(ASDTUserError, match="original image size"):
+        run_evaluate(compose_plain("evaluate", f"pred_dir={tmp_path / 'pred'}", f"out={tmp_path / 'o3'}", *FAST))
+
+
+def test_checkpoint_is_scored_per_branch_with_and_without_crf(tmp_path):
+    ckpt = save_asdt_checkpoint(tmp_path / "last.ckpt")
+    report = run_evaluate(
+        compose_plain("evaluate", f"ckpt={ckpt}", f"out={tmp_path / 'out'}", "figure=false", "limit=4", *FAST)
+    )
+    assert set(report["results"]) == {"cam", "refine", "student", "fused"}
+    assert all(set(v) == {"none", "local"} for v in report["results"].values())
+    assert report["images"] == 4 and 0.05 <= report["cam_threshold"] <= 0.95
+    for per_crf in report["results"].values():
+        for scores in per_crf.values():
+            cm = torch.tensor(scores["confusion"])
+            assert scores["miou"] == pytest.approx(mean_iou(cm))
+            assert int(cm.sum()) > 0
+
+
+def test_checkpoint_of_another_dataset_is_refused(tmp_path):
+    ckpt = save_asdt_checkpoint(tmp_path / "voc.ckpt", class_names=["aeroplane", "bicycle"])
+    with pytest.raises(ASDTUserError, match="trained on 2 classes .* dataset 'synthetic' has 6") as err:
+        run_evaluate(compose_plain("evaluate", f"ckpt={ckpt}", f"out={tmp_path / 'out'}", *FAST))
+    assert "\n" not in str(err.value)
+
+
+def test_exactly_one_source_is_required(tmp_path):
+    with pytest.raises(ASDTUserError, match="exactly one"):
+        run_evaluate(compose_plain("evaluate", f"out={tmp_path}", *FAST))
