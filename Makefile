@@ -1,11 +1,13 @@
 # make demo   : create .venv, install, train ASDT on the synthetic default (CPU, minutes)
 # make test   : create .venv, install, run the test suite
+# make pipeline: install, then the whole WSSS pipeline on the synthetic default (ASDT -> pseudo masks -> second
+#                stage -> evaluation; CPU, about 20 minutes on 2 idle cores)
 # make bench  : run every benchmark, write benchmarks/RESULTS.md (CPU: about 5-8 minutes)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo pipeline test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(PY) -m asdt_lightning.train
+
+pipeline: install
+	$(PY) -m asdt_lightning.pipeline
 
 test: install
 	$(PY) -m pytest

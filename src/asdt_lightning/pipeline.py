@@ -24,8 +24,9 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ASDTUserError
-from .evaluate import BRANCH_TITLES, run_evaluate
+from .evaluate import BRANCH_TITLES, check_figure_backend, run_evaluate
 from .io_utils import atomic_write_text
+from .method.dense_crf import check_crf
 from .pseudo_labels import run_export
 from .segment import segment
 from .train import train
@@ -95,6 +96,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     crfs = "[none]" if crf == "none" else f"[none,{crf}]"
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    check_crf(crf)  # cheap checks of the later stages before the long first one
+    if not any(o.replace(" ", "") == "figure=false" for o in evaluate_extra):
+        check_figure_backend()
 
     asdt = out / "asdt"
     _stage(
