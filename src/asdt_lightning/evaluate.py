@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from .constants import IGNORE_INDEX
 from .data.inference import InferenceImages, pad_collate, reader_for
 from .data.voc import read_mask
-from .errors import ASDTUserError
+from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write, atomic_write_text
 from .lit.inference import (
     InferenceParams,
@@ -341,11 +340,7 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_evaluate(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ASDTUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(run_evaluate, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

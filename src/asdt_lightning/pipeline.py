@@ -13,7 +13,6 @@ A stage whose result file exists is skipped, so a re-run with the same ``output_
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ASDTUserError
+from .errors import run_or_exit
 from .evaluate import BRANCH_TITLES, check_figure_backend, run_evaluate
 from .io_utils import atomic_write_text
 from .method.dense_crf import check_crf
@@ -204,11 +203,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="pipeline")
 def main(cfg: DictConfig) -> float:
-    try:
-        summary = run_pipeline(cfg)
-    except ASDTUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    summary = run_or_exit(run_pipeline, cfg)
     return summary["second_stage_val"]
 
 

@@ -30,7 +30,7 @@ from .data.coco_stuff import COCO_STUFF_URL, CocoStuffReader
 from .data.dataset import SegmentationReader
 from .data.registry import build_reader
 from .data.voc import MASK_DIRS, SBD_URL, VOC_URL, VOCReader
-from .errors import ASDTUserError, DatasetError
+from .errors import DatasetError, run_or_exit
 
 
 @dataclass
@@ -225,11 +225,7 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    try:
-        status = run(cfg)
-    except ASDTUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    status = run_or_exit(run, cfg)
     sys.exit(status)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from .data.inference import InferenceImages, pad_collate, reader_for
 from .data.voc import write_mask_png
-from .errors import ASDTUserError
+from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write, atomic_write_text
 from .lit.inference import InferenceParams, crf_params_from, label_maps, load_model, model_outputs, resolve_device
 from .method.dense_crf import check_crf
@@ -257,11 +256,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="pseudo_labels")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_export(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ASDTUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(run_export, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ image size with ``python -m asdt_lightning.evaluate ckpt=<run>/checkpoints/last.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from .data.pseudo_masks import pseudo_mask_datamodule
-from .errors import ASDTUserError
+from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write_text
 from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.segmenter import SegmenterModule
@@ -108,11 +107,7 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="segment")
 def main(cfg: DictConfig) -> float:
-    try:
-        metrics = segment(cfg)
-    except ASDTUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(segment, cfg)
     return metrics["miou"]
 
 

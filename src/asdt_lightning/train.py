@@ -10,7 +10,6 @@ Writes to the run's Hydra folder: ``metrics.json``, ``config_resolved.yaml``, ``
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.datamodule import SegmentationDataModule
 from .data.registry import build_datamodule as build_dataset_module
-from .errors import ASDTUserError
+from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write_text
 from .lit.callbacks import PWMCallback
 from .lit.checkpoint_io import AtomicCheckpointIO
@@ -130,11 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    try:
-        metrics = train(cfg)
-    except ASDTUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(train, cfg)
     return metrics["miou"]["fused"]
 
 
