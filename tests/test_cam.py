@@ -7,6 +7,7 @@ from asdt_lightning.method.cam import (
     TeacherAParams,
     background_score,
     cam_segmentation,
+    cam_segmentation_sweep,
     merge_multiscale_cams,
     normalize_cams,
     refinement_teacher_labels,
@@ -114,6 +115,18 @@ def test_cam_segmentation_thresholds_background():
     seg = cam_segmentation(norm, labels, bg_threshold=0.3)[0]
     assert seg.tolist() == [[1, 0], [0, 2]]
     assert cam_segmentation(norm, torch.tensor([[0.0, 1.0]]), bg_threshold=None)[0].unique().tolist() == [1]
+
+
+def test_cam_segmentation_sweep_equals_one_threshold_at_a_time():
+    torch.manual_seed(0)
+    norm = torch.rand(3, 4, 6, 5).round(decimals=1)  # many exact ties with the thresholds and between classes
+    labels = torch.tensor([[1.0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
+    thresholds = [0.0, 0.3, 0.5, 0.9, 1.0]
+    swept = cam_segmentation_sweep(norm, labels, thresholds)
+    assert swept.shape == (5, 3, 6, 5) and swept.dtype == torch.uint8
+    for t, threshold in enumerate(thresholds):
+        assert torch.equal(swept[t].long(), cam_segmentation(norm, labels, threshold))
+    assert swept[:, 1].eq(0).all()  # an image without labels is background everywhere
 
 
 def test_refinement_teacher_labels_stay_within_the_image_classes():

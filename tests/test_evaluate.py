@@ -9,7 +9,13 @@ import torch
 from asdt_lightning.data.voc import read_mask, write_mask_png
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.evaluate import run_evaluate
-from asdt_lightning.metrics import confusion_and_unlabelled, confusion_matrix, mean_iou, segmentation_scores
+from asdt_lightning.metrics import (
+    ConfusionMatrices,
+    confusion_and_unlabelled,
+    confusion_matrix,
+    mean_iou,
+    segmentation_scores,
+)
 from wsss_helpers import compose_plain, save_asdt_checkpoint, tiny_reader
 
 FAST = ["num_workers=0", "progress=false", "crf_params.iterations=2", "crf_params.window=5"]
@@ -68,6 +74,24 @@ def test_agrees_with_an_independent_numpy_implementation():
     for p, g in zip(preds, gts, strict=True):
         tm.update(torch.from_numpy(p), torch.from_numpy(g))
     assert torch.equal(tm.compute(), total)
+
+
+def test_batched_confusion_matrices_equal_one_at_a_time():
+    generator = torch.Generator().manual_seed(3)
+    metric = ConfusionMatrices(count=3, num_classes=4)
+    expected = torch.zeros(3, 4, 4, dtype=torch.long)
+    for _ in range(2):  # accumulates over updates
+        target = torch.randint(0, 4, (2, 5, 6), generator=generator)
+        target[0, :2] = 255
+        preds = torch.randint(0, 4, (3, 2, 5, 6), generator=generator).to(torch.uint8)
+        metric.update(preds, target)
+        for m in range(3):
+            expected[m] += confusion_matrix(preds[m], target, 4)
+    assert torch.equal(metric.compute(), expected)
+    metric.reset()
+    assert metric.compute().sum() == 0
+    with pytest.raises(ValueError, match="expected predictions"):
+        metric.update(torch.zeros(2, 2, 5, 6, dtype=torch.long), target)
 
 
 def test_out_of_range_labels_are_refused():

@@ -5,6 +5,36 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from torchmetrics import Metric
+
+
+class ConfusionMatrices(Metric):
+    """``M`` confusion matrices of ``M`` predictions of the same targets, summed over batches (and DDP ranks).
+
+    One ``torch.bincount`` per update for all ``M``, and no argument checks: the predictions of argmax or
+    thresholding are in range by construction. ``compute``: (M, K, K) int64 (rows: ground truth).
+    """
+
+    full_state_update = False
+    confmat: torch.Tensor
+
+    def __init__(self, count: int, num_classes: int, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.count, self.num_classes, self.ignore_index = count, num_classes, ignore_index
+        self.add_state("confmat", torch.zeros(count, num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """preds: (M, *S) labels in [0, K); target: (*S) labels in [0, K) or ``ignore_index``."""
+        if preds.shape[0] != self.count or preds.shape[1:] != target.shape:
+            raise ValueError(f"expected predictions ({self.count}, *{tuple(target.shape)}), got {tuple(preds.shape)}")
+        keep = target.reshape(-1) != self.ignore_index
+        k = self.num_classes
+        cells = target.reshape(-1)[keep].long() * k + preds.reshape(self.count, -1)[:, keep].long()
+        cells = cells + torch.arange(self.count, device=cells.device)[:, None] * (k * k)
+        self.confmat += torch.bincount(cells.reshape(-1), minlength=self.count * k * k).view(self.count, k, k)
+
+    def compute(self) -> torch.Tensor:
+        return self.confmat
 
 
 def iou_from_confusion(confmat: torch.Tensor) -> torch.Tensor:

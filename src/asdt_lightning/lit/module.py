@@ -10,7 +10,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..errors import ASDTUserError
 from ..method.cam import (
@@ -18,6 +17,7 @@ from ..method.cam import (
     TeacherAParams,
     allowed_labels,
     cam_segmentation,
+    cam_segmentation_sweep,
     merge_multiscale_cams,
     normalize_cams,
     refinement_teacher_labels,
@@ -26,10 +26,11 @@ from ..method.cam import (
 from ..method.crf import CRFParams, local_crf
 from ..method.losses import balanced_cross_entropy, classification_loss, pairwise_loss, soft_distillation
 from ..method.pwm import TEACHER_B
-from ..metrics import iou_from_confusion
+from ..metrics import ConfusionMatrices, iou_from_confusion
 from ..models.asdt import ASDTOutput, build_asdt_net
 
 BRANCHES = ("cam", "refine", "student", "fused")
+SEGMENTATION_BRANCHES = ("refine", "student", "fused")
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,8 @@ class ASDTModule(L.LightningModule):
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1) * 255, persistent=False)
         self.cam_thresholds = [float(t) for t in cam_thresholds] if has_background else [0.0]
         k = self.net.num_labels
-        self.val_confusion = torch.nn.ModuleDict(
-            {b: MulticlassConfusionMatrix(k, ignore_index=IGNORE_INDEX) for b in ("refine", "student", "fused")}
-        )
-        self.val_cam_confusion = torch.nn.ModuleList(
-            MulticlassConfusionMatrix(k, ignore_index=IGNORE_INDEX) for _ in self.cam_thresholds
-        )
+        self.val_confusion = ConfusionMatrices(len(SEGMENTATION_BRANCHES), k, IGNORE_INDEX)
+        self.val_cam_confusion = ConfusionMatrices(len(self.cam_thresholds), k, IGNORE_INDEX)
         self.teacher_step = -1  # global step for which ``teacher_source`` was set
         self.teacher_source = 0
         self.val_results: dict[str, Any] = {}
@@ -315,19 +312,21 @@ class ASDTModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images, image_labels, masks = batch["image"], batch["labels"], batch["mask"]
         outputs = self.branch_probabilities(images, image_labels)
-        for branch in ("refine", "student", "fused"):
-            self.val_confusion[branch].update(outputs[branch].argmax(1), masks)
-        for threshold, confusion in zip(self.cam_thresholds, self.val_cam_confusion, strict=True):
-            bg = threshold if self.has_background else None
-            confusion.update(cam_segmentation(outputs["cam"], image_labels, bg), masks)
+        self.val_confusion.update(torch.stack([outputs[b].argmax(1) for b in SEGMENTATION_BRANCHES]), masks)
+        if self.has_background:
+            cam_labels = cam_segmentation_sweep(outputs["cam"], image_labels, self.cam_thresholds)
+        else:
+            cam_labels = cam_segmentation(outputs["cam"], image_labels, None)[None]
+        self.val_cam_confusion.update(cam_labels, masks)
 
     def on_validation_epoch_end(self) -> None:
-        cam_ious = [iou_from_confusion(c.compute()) for c in self.val_cam_confusion]
+        cam_ious = [iou_from_confusion(c) for c in self.val_cam_confusion.compute()]
         best = max(range(len(cam_ious)), key=lambda i: float(torch.nanmean(cam_ious[i])))
         per_class = {"cam": cam_ious[best]}
-        per_class.update({b: iou_from_confusion(m.compute()) for b, m in self.val_confusion.items()})
-        for metric in [*self.val_confusion.values(), *self.val_cam_confusion]:
-            metric.reset()
+        for branch, confusion in zip(SEGMENTATION_BRANCHES, self.val_confusion.compute(), strict=True):
+            per_class[branch] = iou_from_confusion(confusion)
+        self.val_confusion.reset()
+        self.val_cam_confusion.reset()
         miou = {b: float(torch.nanmean(per_class[b])) for b in BRANCHES}
         label_names = (["background"] if self.has_background else []) + self.class_names
         self.val_results = {

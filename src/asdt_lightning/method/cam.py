@@ -97,6 +97,22 @@ def cam_segmentation(norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_thr
     return torch.cat([bg, scores], 1).argmax(1)
 
 
+def cam_segmentation_sweep(
+    norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_thresholds: Sequence[float]
+) -> torch.Tensor:
+    """``cam_segmentation`` at every background threshold at once: (T, B, h, w) uint8 labels (K <= 255).
+
+    Equal to stacking ``cam_segmentation(norm_cams, image_labels, t)`` over ``bg_thresholds`` (background wins
+    ties), with one argmax instead of T.
+    """
+    present = (image_labels > 0)[:, :, None, None]
+    scores = norm_cams.masked_fill(~present, -1.0)
+    top, winner = scores.max(1, keepdim=True)[0], scores.argmax(1, keepdim=True)
+    thresholds = torch.tensor(list(bg_thresholds), dtype=top.dtype, device=top.device).view(-1, 1, 1, 1)
+    foreground = top[:, 0][None] > thresholds  # (T, B, h, w)
+    return torch.where(foreground, (winner[:, 0] + 1).to(torch.uint8)[None], torch.zeros((), dtype=torch.uint8))
+
+
 def _class_cam_thresholds(norm_cams: torch.Tensor, percentile: float, min_cam: float) -> torch.Tensor:
     """(B, C) per-image, per-class CAM quantile among the pixels the class wins with CAM above ``min_cam``.
 
