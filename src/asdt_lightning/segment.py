@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.pseudo_masks import pseudo_mask_datamodule
 from .errors import ASDTUserError, run_or_exit
+from .hardware import trainer_settings
 from .io_utils import atomic_write_text
 from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.segmenter import SegmenterModule
@@ -77,7 +78,7 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     loggers = build_loggers(plain.get("logger"), {k: v for k, v in plain.items() if k != "hydra"})
     trainer = L.Trainer(
-        **plain["trainer"],
+        **trainer_settings(plain["trainer"]),
         callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0)],
         logger=loggers or False,
         default_root_dir=out_dir,

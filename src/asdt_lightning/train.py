@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data.datamodule import SegmentationDataModule
 from .data.registry import build_datamodule as build_dataset_module
 from .errors import ASDTUserError, run_or_exit
+from .hardware import trainer_settings
 from .io_utils import atomic_write_text
 from .lit.callbacks import PWMCallback
 from .lit.checkpoint_io import AtomicCheckpointIO
@@ -96,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(plain.get("logger"), {k: v for k, v in plain.items() if k != "hydra"})
     callbacks += build_callbacks(plain["tracking"], plain["trainer"], out_dir, has_loggers=bool(loggers))
     trainer = L.Trainer(
-        **plain["trainer"],
+        **trainer_settings(plain["trainer"]),
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=out_dir,
@@ -110,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **module.val_results,
         "global_step": trainer.global_step,
         "train_seconds": round(train_seconds, 1),
+        "precision": str(trainer.precision),
         "pwm": plain["pwm"],
         "dataset": plain["dataset"]["name"],
         "backbone": plain["backbone"]["name"],

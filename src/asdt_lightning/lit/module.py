@@ -210,6 +210,23 @@ class ASDTModule(L.LightningModule):
             )
             self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
             return loss
+        cams = self.training_cams(images, out.cams)  # the extra scales' forwards at the trainer's precision
+        with torch.autocast(images.device.type, enabled=False):  # labels, CRFs and pixel losses in fp32
+            loss, terms = self.asdt_loss(images, image_labels, valid, out, cams, loss_cls)
+        self.log_dict(terms, on_step=True, on_epoch=False, prog_bar=False, batch_size=images.shape[0])
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
+        return loss
+
+    def asdt_loss(
+        self,
+        images: torch.Tensor,
+        image_labels: torch.Tensor,
+        valid: torch.Tensor,
+        out: ASDTOutput,
+        cams: torch.Tensor,
+        loss_cls: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The full loss after the classifier warm-up, and its logged terms; ``cams``: (B, C, h, w) multi-scale."""
         refine_logits = self.label_resolution(out.refine_logits)
         student_logits = self.label_resolution(out.student_logits)
         size = refine_logits.shape[-2:]
@@ -219,7 +236,7 @@ class ASDTModule(L.LightningModule):
         w = self.loss_weights
 
         with torch.no_grad():
-            cams = self.label_resolution(self.training_cams(images, out.cams))
+            cams = self.label_resolution(cams)
             norm_cams = normalize_cams(cams, image_labels)
             labels_a = reliable_cam_labels(
                 rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr
@@ -245,23 +262,16 @@ class ASDTModule(L.LightningModule):
             + w.student * (loss_distill + w.pairwise * loss_student_pair)
         )
         labelled = (labels_a != IGNORE_INDEX).float().sum() / valid_lr.float().sum().clamp_min(1)
-        self.log_dict(
-            {
-                "train/loss": loss,
-                "train/loss_cls": loss_cls,
-                "train/loss_refine_ce": loss_refine_ce,
-                "train/loss_refine_pairwise": loss_refine_pair,
-                "train/loss_student_distill": loss_distill,
-                "train/loss_student_pairwise": loss_student_pair,
-                "train/teacher_a_labelled_fraction": labelled,
-            },
-            on_step=True,
-            on_epoch=False,
-            prog_bar=False,
-            batch_size=images.shape[0],
-        )
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
-        return loss
+        terms = {
+            "train/loss": loss,
+            "train/loss_cls": loss_cls,
+            "train/loss_refine_ce": loss_refine_ce,
+            "train/loss_refine_pairwise": loss_refine_pair,
+            "train/loss_student_distill": loss_distill,
+            "train/loss_student_pairwise": loss_student_pair,
+            "train/teacher_a_labelled_fraction": labelled,
+        }
+        return loss, terms
 
     def _teacher_b_target(self, rgb, refine_probs, image_labels, pixel_step, valid_lr) -> torch.Tensor:
         """Hard labels (B, h, w) or, for soft distillation, refined probabilities (B, K, h, w)."""
