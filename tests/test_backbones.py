@@ -91,6 +91,17 @@ def test_resnet38_output_shape(resnet38):
     assert out.min() >= 0  # ends with bn7 + ReLU
 
 
+@pytest.mark.parametrize("name", [*TORCHVISION, "resnet38"])
+def test_forward_levels_gives_stride_4_and_final_features(name, resnet38):
+    backbone = resnet38 if name == "resnet38" else build_backbone(name, output_stride=8).eval()
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        low, final = backbone.forward_levels(x)
+        assert torch.equal(final, backbone(x))
+    assert low.shape == (1, backbone.low_level_channels, 16, 12)
+    assert final.shape == (1, backbone.out_channels, 8, 6)
+
+
 @pytest.mark.parametrize(("name", "output_stride"), [("resnet18", 4), ("resnet50", 12), ("resnet38", 16)])
 def test_unsupported_output_stride(name, output_stride):
     with pytest.raises(ASDTUserError) as error:

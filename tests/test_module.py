@@ -24,6 +24,21 @@ def test_network_returns_every_branch(output_stride, has_background):
     assert net.forward_cams(torch.randn(1, 3, 32, 32)).shape == (1, 5, 32 // output_stride, 32 // output_stride)
 
 
+@pytest.mark.parametrize("has_background", [True, False])
+def test_skip_heads_predict_at_stride_4(has_background):
+    torch.manual_seed(0)
+    net = build_asdt_net("resnet18", 5, has_background, output_stride=8, head_channels=8, skip_channels=4)
+    out = net(torch.randn(2, 3, 64, 48))
+    k = 5 + int(has_background)
+    assert out.cams.shape == (2, 5, 8, 6)
+    assert out.refine_logits.shape == out.student_logits.shape == (2, k, 16, 12)
+    (out.refine_logits.sum() + out.student_logits.sum()).backward()
+    assert net.refine_head.skip[0].weight.grad.abs().sum() > 0  # the stride-4 path carries gradient
+    assert net.backbone.layer1[0].conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ASDTUserError, match="skip_channels"):
+        build_asdt_net("resnet18", 5, output_stride=8, skip_channels=-1)
+
+
 def batch_of(loader):
     return next(iter(loader))
 
@@ -132,8 +147,8 @@ def test_fit_validate_and_reload_from_checkpoint(random_loader, tmp_path):
     assert torch.allclose(module(x).student_logits, reloaded(x).student_logits)
 
 
-@pytest.mark.parametrize("upsample", [1, 2])
-def test_teacher_labels_and_pixel_losses_live_at_the_label_resolution(random_loader, monkeypatch, upsample):
+@pytest.mark.parametrize(("upsample", "skip"), [(1, 0), (2, 0), (1, 8), (2, 8)])
+def test_teacher_labels_and_pixel_losses_live_at_the_label_resolution(random_loader, monkeypatch, upsample, skip):
     import asdt_lightning.lit.module as module_code
 
     seen = {}
@@ -146,11 +161,12 @@ def test_teacher_labels_and_pixel_losses_live_at_the_label_resolution(random_loa
         return labels
 
     monkeypatch.setattr(module_code, "reliable_cam_labels", spy)
-    module = ASDTModule(**small_module_kwargs(label_upsample=upsample))
+    net = {"backbone": "resnet18", "output_stride": 8, "head_channels": 16, "skip_channels": skip}
+    module = ASDTModule(**small_module_kwargs(label_upsample=upsample, net=net))
     module.set_teacher(0, 1)
     batch = batch_of(random_loader(size=64))
     loss = module.training_step(batch, 0)
-    side = 64 // 8 * upsample  # output stride 8
+    side = 64 // (4 if skip else 8) * upsample  # the heads' stride: 4 with the skip, else the output stride 8
     assert seen["labels"] == (2, side, side)
     assert seen["image"][-2:] == seen["cams"][-2:] == (side, side)
     loss.backward()

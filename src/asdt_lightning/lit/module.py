@@ -169,16 +169,22 @@ class ASDTModule(L.LightningModule):
         """(B, H, W) bool -> (B, *size) bool: a low-resolution pixel is valid if most of it is."""
         return F.interpolate(valid[:, None].float(), size, mode="area")[:, 0] > 0.5
 
-    def label_resolution(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) -> (B, K, h * u, w * u) float32, bilinear, u = ``label_upsample``.
+    def label_size(self, out: ASDTOutput) -> tuple[int, int]:
+        """(h, w) of pseudo labels, CRFs and pixel losses: the segmentation logits' size times ``label_upsample``.
 
-        Pseudo labels, CRFs and pixel losses live at this resolution: at output stride 8 a small crop gives
-        too few pixels per object for the pairwise terms to follow its outline.
+        At output stride 8 a small crop gives too few pixels per object for the pairwise terms to follow its
+        outline; the heads' stride-4 skip or ``label_upsample`` gives them more.
         """
+        h, w = out.refine_logits.shape[-2:]
+        return h * self.label_upsample, w * self.label_upsample
+
+    @staticmethod
+    def at_label_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, K, h, w) -> (B, K, *size) float32, bilinear where the size differs."""
         maps = maps.float()
-        if self.label_upsample == 1:
+        if tuple(maps.shape[-2:]) == tuple(size):
             return maps
-        return F.interpolate(maps, scale_factor=self.label_upsample, mode="bilinear", align_corners=False)
+        return F.interpolate(maps, size, mode="bilinear", align_corners=False)
 
     def training_cams(self, images: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
         """Multi-scale CAMs: the scale-1 CAMs (detached) averaged with no-grad CAMs at the other scales."""
@@ -227,16 +233,16 @@ class ASDTModule(L.LightningModule):
         loss_cls: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The full loss after the classifier warm-up, and its logged terms; ``cams``: (B, C, h, w) multi-scale."""
-        refine_logits = self.label_resolution(out.refine_logits)
-        student_logits = self.label_resolution(out.student_logits)
-        size = refine_logits.shape[-2:]
+        size = self.label_size(out)
+        refine_logits = self.at_label_size(out.refine_logits, size)
+        student_logits = self.at_label_size(out.student_logits, size)
         pixel_step = images.shape[-1] / size[-1]
         rgb = self.rgb_at(images, size)
         valid_lr = self.valid_at(valid, size)
         w = self.loss_weights
 
         with torch.no_grad():
-            cams = self.label_resolution(cams)
+            cams = self.at_label_size(cams, size)
             norm_cams = normalize_cams(cams, image_labels)
             labels_a = reliable_cam_labels(
                 rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr

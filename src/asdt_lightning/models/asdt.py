@@ -8,17 +8,19 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..errors import ASDTUserError
 from .backbones import Backbone, build_backbone
 from .heads import CAMHead, SegmentationHead
 
 
 class ASDTOutput(NamedTuple):
-    """Every branch's output for a (B, 3, H, W) input, at the backbone's resolution h = H / output_stride."""
+    """Every branch's output for a (B, 3, H, W) input: CAMs at the backbone's resolution h = H / output_stride,
+    segmentation logits at h_s = h, or H / 4 with the heads' stride-4 skip (``skip_channels > 0``)."""
 
     cams: torch.Tensor  # (B, C, h, w) raw class activation maps
     class_logits: torch.Tensor  # (B, C) image-level logits
-    refine_logits: torch.Tensor  # (B, K, h, w) teacher B's segmentation logits
-    student_logits: torch.Tensor  # (B, K, h, w) the student's segmentation logits
+    refine_logits: torch.Tensor  # (B, K, h_s, w_s) teacher B's segmentation logits
+    student_logits: torch.Tensor  # (B, K, h_s, w_s) the student's segmentation logits
 
 
 class ASDTNet(nn.Module):
@@ -31,15 +33,28 @@ class ASDTNet(nn.Module):
         has_background: bool = True,
         head_channels: int = 256,
         head_dilation: int = 2,
+        skip_channels: int = 0,
     ) -> None:
         super().__init__()
+        if skip_channels < 0:
+            raise ASDTUserError(f"model.net.skip_channels must be >= 0 (0: no skip), got {skip_channels}")
         self.backbone = backbone
         self.num_classes = num_classes
         self.has_background = has_background
         self.num_labels = num_classes + int(has_background)
         self.cam_head = CAMHead(backbone.out_channels, num_classes)
-        self.refine_head = SegmentationHead(backbone.out_channels, self.num_labels, head_channels, head_dilation)
-        self.student_head = SegmentationHead(backbone.out_channels, self.num_labels, head_channels, head_dilation)
+        self.skip_channels = skip_channels
+        self.refine_head, self.student_head = (
+            SegmentationHead(
+                backbone.out_channels,
+                self.num_labels,
+                head_channels,
+                head_dilation,
+                backbone.low_level_channels,
+                skip_channels,
+            )
+            for _ in range(2)
+        )
 
     @property
     def output_stride(self) -> int:
@@ -50,9 +65,11 @@ class ASDTNet(nn.Module):
         return [self.cam_head, self.refine_head, self.student_head]
 
     def forward(self, images: torch.Tensor) -> ASDTOutput:
-        features = self.backbone(images)
+        low_level, features = self.backbone.forward_levels(images)
+        low_level = low_level if self.skip_channels else None
         cams, class_logits = self.cam_head(features)
-        return ASDTOutput(cams, class_logits, self.refine_head(features), self.student_head(features))
+        refine_logits = self.refine_head(features, low_level)
+        return ASDTOutput(cams, class_logits, refine_logits, self.student_head(features, low_level))
 
     def forward_cams(self, images: torch.Tensor) -> torch.Tensor:
         """CAM branch only: (B, 3, H, W) -> (B, C, h, w); used for the extra CAM scales."""
@@ -70,6 +87,7 @@ def build_asdt_net(
     frozen_stem: bool = False,
     head_channels: int = 256,
     head_dilation: int = 2,
+    skip_channels: int = 0,
 ) -> ASDTNet:
     """Build the backbone by registry name and put the three heads on it."""
     body = build_backbone(
@@ -80,4 +98,4 @@ def build_asdt_net(
         frozen_bn=frozen_bn,
         frozen_stem=frozen_stem,
     )
-    return ASDTNet(body, num_classes, has_background, head_channels, head_dilation)
+    return ASDTNet(body, num_classes, has_background, head_channels, head_dilation, skip_channels)

@@ -36,14 +36,23 @@ _CLASSIFIER_PREFIXES = ("fc.", "fc8.", "classifier.", "aux_classifier.")
 
 
 class Backbone(nn.Module):
-    """Base class: ``forward`` maps (B, 3, H, W) to (B, out_channels, ceil(H / os), ceil(W / os))."""
+    """Base class: ``forward`` maps (B, 3, H, W) to (B, out_channels, ceil(H / os), ceil(W / os)).
+
+    ``forward_levels`` also returns the stride-4 features, (B, low_level_channels, ceil(H / 4), ceil(W / 4)),
+    for heads that predict at stride 4.
+    """
 
     name: str = "backbone"
     out_channels: int
+    low_level_channels: int
     output_stride: int
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+        """(B, 3, H, W) -> (stride-4 features, final features)."""
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_levels(x)[1]
 
     def stem_modules(self) -> list[nn.Module]:
         """The first layers, frozen by ``frozen_stem=True``."""
@@ -107,6 +116,7 @@ class TorchvisionResNet(Backbone):
         super().__init__()
         self.name = f"resnet{depth}"
         self.out_channels = self.DEPTHS[depth]
+        self.low_level_channels = 64 if depth == 18 else 256
         self.output_stride = output_stride
         net = getattr(torchvision.models, self.name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
@@ -117,10 +127,10 @@ class TorchvisionResNet(Backbone):
         elif output_stride == 16:
             dilate_layer(self.layer4, dilation=2, previous_dilation=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, out_channels, ceil(H / os), ceil(W / os))."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (layer1's stride-4 features, (B, out_channels, ceil(H / os), ceil(W / os)))."""
+        low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return low, self.layer4(self.layer3(self.layer2(low)))
 
     def stem_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1]
@@ -235,6 +245,7 @@ class ResNet38(Backbone):
         super().__init__()
         self.name = "resnet38"
         self.out_channels = 4096
+        self.low_level_channels = 256
         self.output_stride = output_stride
         self.conv1a = _conv(3, 64, 3)
         self.b2 = _PreActBlock(64, 128, 128, stride=2)
@@ -256,12 +267,15 @@ class ResNet38(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 4096, ceil(H / 8), ceil(W / 8))."""
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (b3_2's stride-4 features, (B, 4096, ceil(H / 8), ceil(W / 8)))."""
         x = self.conv1a(x)
+        low = x
         for name in self._block_names():
             x = getattr(self, name)(x)
-        return torch.relu(self.bn7(x))
+            if name == "b3_2":
+                low = x
+        return low, torch.relu(self.bn7(x))
 
     @staticmethod
     def _block_names() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class CAMHead(nn.Module):
@@ -22,13 +23,42 @@ class CAMHead(nn.Module):
 
 
 class SegmentationHead(nn.Module):
-    """Refinement head R or student head S: two dilated 3x3 convs, (B, D, h, w) -> (B, K, h, w) logits."""
+    """Refinement head R or student head S.
 
-    def __init__(self, in_channels: int, num_labels: int, mid_channels: int = 256, dilation: int = 2) -> None:
+    ``skip_channels == 0`` (the paper's head): two dilated 3x3 convs, (B, D, h, w) -> (B, K, h, w) logits.
+    ``skip_channels > 0``: the first dilated 3x3 conv, then, at stride 4, its upsampled output concatenated with a
+    1x1 projection of the backbone's stride-4 features (a DeepLabV3+-style skip), a 3x3 conv and a 1x1 classifier:
+    (B, D, h, w) and (B, D_low, h4, w4) -> (B, K, h4, w4) logits. At output stride 8 this doubles the resolution
+    of the masks the head can draw, which small crops need.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_labels: int,
+        mid_channels: int = 256,
+        dilation: int = 2,
+        low_level_channels: int = 0,
+        skip_channels: int = 0,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, padding=dilation, dilation=dilation)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(mid_channels, num_labels, 3, padding=dilation, dilation=dilation)
+        self.skip_channels = skip_channels
+        if skip_channels:
+            self.skip = nn.Sequential(nn.Conv2d(low_level_channels, skip_channels, 1), nn.ReLU(inplace=True))
+            self.fine = nn.Sequential(
+                nn.Conv2d(mid_channels + skip_channels, mid_channels, 3, padding=1), nn.ReLU(inplace=True)
+            )
+            self.conv2 = nn.Conv2d(mid_channels, num_labels, 1)
+        else:
+            self.conv2 = nn.Conv2d(mid_channels, num_labels, 3, padding=dilation, dilation=dilation)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.relu(self.conv1(features)))
+    def forward(self, features: torch.Tensor, low_level: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.relu(self.conv1(features))
+        if self.skip_channels:
+            if low_level is None:
+                raise ValueError("this head has a skip connection: pass the stride-4 features too")
+            x = F.interpolate(x, low_level.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fine(torch.cat([x, self.skip(low_level)], 1))
+        return self.conv2(x)
