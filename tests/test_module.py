@@ -171,3 +171,11 @@ def test_teacher_labels_and_pixel_losses_live_at_the_label_resolution(random_loa
     assert seen["image"][-2:] == seen["cams"][-2:] == (side, side)
     loss.backward()
     assert all(p.grad is not None for p in module.net.refine_head.parameters())
+
+
+def test_segmentation_terms_ramp_up_after_the_warm_up():
+    from asdt_lightning.lit.module import LossWeights
+
+    weights = LossWeights(classifier_warmup=10, ramp=4)
+    assert [weights.segmentation_scale(step) for step in (10, 11, 12, 13, 14, 500)] == [0.25, 0.5, 0.75, 1, 1, 1]
+    assert LossWeights(classifier_warmup=10).segmentation_scale(10) == 1.0  # ramp 0: full weight at once

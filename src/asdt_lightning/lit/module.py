@@ -47,6 +47,13 @@ class LossWeights:
     distillation: str = "hard"  # "hard": CE on teacher B's CRF labels; "soft": KL to its CRF probabilities
     temperature: float = 1.0
     classifier_warmup: int = 0  # steps trained on L_cls alone, while CAMs are still noise (from-scratch runs)
+    ramp: int = 0  # steps over which the segmentation terms rise linearly to full weight after the warm-up
+
+    def segmentation_scale(self, step: int) -> float:
+        """Factor of the R and S terms at global step ``step`` (after the warm-up): ramps 1/ramp ... 1."""
+        if self.ramp <= 0:
+            return 1.0
+        return min(1.0, (step - self.classifier_warmup + 1) / self.ramp)
 
 
 @dataclass(frozen=True)
@@ -262,9 +269,8 @@ class ASDTModule(L.LightningModule):
             loss_distill = w.teacher_b * balanced_cross_entropy(student_logits, target_b, self.has_background)
         loss_student_pair = self._pairwise(student_logits, rgb, pixel_step, valid_lr)
 
-        loss = (
-            w.cls * loss_cls
-            + w.refine * (loss_refine_ce + w.pairwise * loss_refine_pair)
+        loss = w.cls * loss_cls + w.segmentation_scale(self.global_step) * (
+            w.refine * (loss_refine_ce + w.pairwise * loss_refine_pair)
             + w.student * (loss_distill + w.pairwise * loss_student_pair)
         )
         labelled = (labels_a != IGNORE_INDEX).float().sum() / valid_lr.float().sum().clamp_min(1)
