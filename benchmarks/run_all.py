@@ -36,6 +36,7 @@ def jobs(quick: bool) -> list[tuple[str, list[str]]]:
         ]  # fmt: skip
     out = [
         ("Training step, ResNet-18, CPU", ["-m", "benchmarks.train_step", "--preset", "cpu"]),
+        ("Training step, ResNet-18, CPU bf16", ["-m", "benchmarks.train_step", "--preset", "cpu-bf16"]),
         ("Training step, ResNet-101, GPU", ["-m", "benchmarks.train_step", "--preset", "gpu"]),
         ("CRF profile, CPU", ["-m", "benchmarks.crf_profile"]),
         ("CRF profile, GPU", ["-m", "benchmarks.crf_profile", "--device", "cuda", "--shape", "4x21x41",

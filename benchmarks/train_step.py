@@ -18,6 +18,7 @@ network's modules). Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, t
 timeline on CPU.
 
     python -m benchmarks.train_step                       # ResNet-18 on CPU, default config, several sizes
+    python -m benchmarks.train_step --preset cpu-bf16     # the same at bf16 autocast (AMX / AVX512-BF16 CPUs)
     python -m benchmarks.train_step --preset gpu          # ResNet-101, voc_paper settings, crop 321, bf16
 """
 
@@ -53,6 +54,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sizes": ["4x128", "8x128", "4x192"],
         "breakdown_size": "8x128",
         "precision": "32",
+        "channels_last": False,
+    },
+    "cpu-bf16": {  # what the default run uses on CPUs with AMX / AVX512-BF16 (trainer.precision=auto)
+        "device": "cpu",
+        "overrides": ["model.loss.classifier_warmup=0"],
+        "sizes": ["8x128"],
+        "breakdown_size": "8x128",
+        "precision": "bf16",
         "channels_last": False,
     },
     "gpu": {

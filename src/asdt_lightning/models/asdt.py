@@ -65,7 +65,7 @@ class ASDTNet(nn.Module):
         return [self.cam_head, self.refine_head, self.student_head]
 
     def forward(self, images: torch.Tensor) -> ASDTOutput:
-        low_level, features = self.backbone.forward_levels(images)
+        low_level, features = self.backbone(images, with_low_level=True)
         low_level = low_level if self.skip_channels else None
         cams, class_logits = self.cam_head(features)
         refine_logits = self.refine_head(features, low_level)

@@ -51,8 +51,12 @@ class Backbone(nn.Module):
         """(B, 3, H, W) -> (stride-4 features, final features)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_levels(x)[1]
+    def forward(
+        self, x: torch.Tensor, with_low_level: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The final features, or with ``with_low_level`` the pair of ``forward_levels`` (module hooks see both)."""
+        levels = self.forward_levels(x)
+        return levels if with_low_level else levels[1]
 
     def stem_modules(self) -> list[nn.Module]:
         """The first layers, frozen by ``frozen_stem=True``."""
