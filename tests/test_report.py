@@ -42,7 +42,7 @@ def test_report_averages_over_seeds_per_swept_value(tmp_path):
     rows = {r["pwm.duty"]: r for r in result["summary"]}
     assert rows[0.5]["n"] == 2 and rows[0.5]["fused_mean"] == pytest.approx(0.45)
     assert rows[0.5]["fused_std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std over the two seeds
-    assert rows[1.0]["n"] == 1 and rows[1.0]["fused_std"] == 0.0
+    assert rows[1.0]["n"] == 1 and rows[1.0]["fused_std"] is None  # one seed: no spread, not a spread of 0
     summary = list(csv.DictReader(result["paths"]["summary_csv"].open()))
     assert [float(r["fused_mean"]) for r in summary] == pytest.approx([0.32, 0.45, 0.20])
     per_run = list(csv.DictReader(result["paths"]["runs_csv"].open()))
@@ -55,6 +55,8 @@ def test_report_averages_over_seeds_per_swept_value(tmp_path):
     ]
     md = result["paths"]["summary_md"].read_text()
     assert "| 0.5 | 2 | 40.00 ± 0.00 | 44.00 ± 7.07 | 43.00 ± 7.07 | 45.00 ± 7.07 |" in md
+    one_seed = next(line for line in md.splitlines() if line.startswith("| 1.0 | 1 |"))
+    assert "±" not in one_seed  # a single seed has a mean, not a spread
     png = result["paths"]["plot"]
     assert png.name == "miou_vs_pwm.duty.png" and png.read_bytes()[:4] == b"\x89PNG"
 

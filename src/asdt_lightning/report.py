@@ -117,10 +117,11 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     return [k for k in keys if len({repr(r.settings.get(k)) for r in runs}) > 1]
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; ``None`` for the spread of a single value (not 0)."""
     mean = sum(values) / len(values)
     if len(values) < 2:
-        return mean, 0.0
+        return mean, None
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
@@ -177,15 +178,19 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _mean_cell(row: Mapping[str, Any], branch: str) -> str:
+    """ "mean ± std" in %, or the mean alone for one seed."""
+    std = row[f"{branch}_std"]
+    mean = f"{100 * row[f'{branch}_mean']:.2f}"
+    return mean if std is None else f"{mean} ± {100 * std:.2f}"
+
+
 def summary_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[str, str]:
     """(csv, markdown): mean and std over seeds per swept value (fractions in CSV, "mean ± std" % in md)."""
     columns = [*keys, "n", "seeds", *(f"{b}_{s}" for b in BRANCHES for s in ("mean", "std"))]
     md_rows = []
     for row in rows:
-        cells = [
-            f"{100 * row[f'{b}_mean']:.2f} ± {100 * row[f'{b}_std']:.2f}" if f"{b}_mean" in row else "-"
-            for b in BRANCHES
-        ]
+        cells = [_mean_cell(row, b) if f"{b}_mean" in row else "-" for b in BRANCHES]
         md_rows.append([*(row[k] for k in keys), row["n"], *cells])
     header = [*keys, "seeds", *(f"{BRANCH_LABELS[b]} mIoU (%)" for b in BRANCHES)]
     return _csv(rows, columns), _markdown(header, md_rows)
@@ -233,8 +238,8 @@ def plot(
         px = [position[v] for v in xs]
         means = [m for m, _ in stats]
         line = ax.plot(px, means, marker="o", label=label)[0]
-        lo = [m - s for m, s in stats]
-        hi = [m + s for m, s in stats]
+        lo = [m - (s or 0.0) for m, s in stats]
+        hi = [m + (s or 0.0) for m, s in stats]
         ax.fill_between(px, lo, hi, alpha=0.15, color=line.get_color())
         for v in xs:
             ax.scatter([position[v]] * len(by_x[v]), by_x[v], s=10, alpha=0.5, color=line.get_color())
