@@ -55,7 +55,7 @@ def test_report_averages_over_seeds_per_swept_value(tmp_path):
     ]
     md = result["paths"]["summary_md"].read_text()
     assert "| 0.5 | 2 | 40.00 ± 0.00 | 44.00 ± 7.07 | 43.00 ± 7.07 | 45.00 ± 7.07 |" in md
-    one_seed = next(line for line in md.splitlines() if line.startswith("| 1.0 | 1 |"))
+    one_seed = next(line for line in md.splitlines() if line.startswith("| 1 | 1 |"))
     assert "±" not in one_seed  # a single seed has a mean, not a spread
     png = result["paths"]["plot"]
     assert png.name == "miou_vs_pwm.duty.png" and png.read_bytes()[:4] == b"\x89PNG"
