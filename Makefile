@@ -1,7 +1,7 @@
 # make demo   : create .venv, install, train ASDT on the synthetic default (CPU, minutes)
 # make test   : create .venv, install, run the test suite
 # make pipeline: install, then the whole WSSS pipeline on the synthetic default (ASDT -> pseudo masks -> second
-#                stage -> evaluation; CPU, about 20 minutes on 2 idle cores)
+#                stage -> evaluation; CPU, about 10 minutes on 2 idle cores)
 # make bench  : run every benchmark, write benchmarks/RESULTS.md (CPU: about 5-8 minutes)
 VENV ?= .venv
 PYTHON ?= python3

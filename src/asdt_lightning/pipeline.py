@@ -1,6 +1,6 @@
 """The whole WSSS pipeline in one command (Hydra entry point).
 
-    python -m asdt_lightning.pipeline                 # synthetic default, CPU, about 20 minutes on 2 cores
+    python -m asdt_lightning.pipeline                 # synthetic default, CPU, about 10 minutes on 2 cores
     make pipeline
 
 Stages, each in its own folder of the run: ``asdt/`` (train ASDT), ``eval_pseudo/`` (every branch as pseudo masks
