@@ -179,3 +179,32 @@ def test_segmentation_terms_ramp_up_after_the_warm_up():
     weights = LossWeights(classifier_warmup=10, ramp=4)
     assert [weights.segmentation_scale(step) for step in (10, 11, 12, 13, 14, 500)] == [0.25, 0.5, 0.75, 1, 1, 1]
     assert LossWeights(classifier_warmup=10).segmentation_scale(10) == 1.0  # ramp 0: full weight at once
+
+
+def test_under_bf16_autocast_labels_crfs_and_pixel_losses_stay_fp32(random_loader, monkeypatch):
+    import asdt_lightning.lit.module as module_code
+
+    dtypes = {}
+
+    def spy(name, original):
+        def wrapper(*args, **kwargs):
+            floats = {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}
+            dtypes[name] = (floats, torch.is_autocast_enabled("cpu"))
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("reliable_cam_labels", "refinement_teacher_labels", "pairwise_loss", "balanced_cross_entropy"):
+        monkeypatch.setattr(module_code, name, spy(name, getattr(module_code, name)))
+    module = ASDTModule(**small_module_kwargs())
+    module.set_teacher(0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = module.training_step(batch_of(random_loader()), 0)
+    assert torch.isfinite(loss)
+    assert set(dtypes) == {
+        "reliable_cam_labels",
+        "refinement_teacher_labels",
+        "pairwise_loss",
+        "balanced_cross_entropy",
+    }
+    assert all(found == ({torch.float32}, False) for found in dtypes.values()), dtypes
