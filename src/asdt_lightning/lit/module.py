@@ -238,7 +238,7 @@ class ASDTModule(L.LightningModule):
         out: ASDTOutput,
         cams: torch.Tensor,
         loss_cls: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """The full loss after the classifier warm-up, and its logged terms; ``cams``: (B, C, h, w) multi-scale."""
         size = self.label_size(out)
         refine_logits = self.at_label_size(out.refine_logits, size)
@@ -269,7 +269,8 @@ class ASDTModule(L.LightningModule):
             loss_distill = w.teacher_b * balanced_cross_entropy(student_logits, target_b, self.has_background)
         loss_student_pair = self._pairwise(student_logits, rgb, pixel_step, valid_lr)
 
-        loss = w.cls * loss_cls + w.segmentation_scale(self.global_step) * (
+        ramp = w.segmentation_scale(self.global_step)
+        loss = w.cls * loss_cls + ramp * (
             w.refine * (loss_refine_ce + w.pairwise * loss_refine_pair)
             + w.student * (loss_distill + w.pairwise * loss_student_pair)
         )
@@ -282,6 +283,7 @@ class ASDTModule(L.LightningModule):
             "train/loss_student_distill": loss_distill,
             "train/loss_student_pairwise": loss_student_pair,
             "train/teacher_a_labelled_fraction": labelled,
+            "train/segmentation_ramp": ramp,
         }
         return loss, terms
 
