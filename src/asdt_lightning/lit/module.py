@@ -28,6 +28,7 @@ from ..method.losses import balanced_cross_entropy, classification_loss, pairwis
 from ..method.pwm import TEACHER_B
 from ..metrics import ConfusionMatrices, iou_from_confusion
 from ..models.asdt import ASDTOutput, build_asdt_net
+from .optim import build_optimizer, poly_schedule
 
 BRANCHES = ("cam", "refine", "student", "fused")
 SEGMENTATION_BRANCHES = ("refine", "student", "fused")
@@ -386,16 +387,6 @@ class ASDTModule(L.LightningModule):
         return result
 
     def configure_optimizers(self):
-        o = self.optim
-        groups = self.parameter_groups()
-        if o.name == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=o.lr)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        total = max(int(total), 1)
-        power = o.poly_power
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1 - min(step, total) / total) ** power
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        o = self.optim  # weight decay is set per parameter group
+        optimizer = build_optimizer(o.name, self.parameter_groups(), o.lr, o.momentum)
+        return poly_schedule(optimizer, self.trainer, o.poly_power)

@@ -14,6 +14,7 @@ from ..constants import IGNORE_INDEX
 from ..errors import ASDTUserError
 from ..metrics import iou_from_confusion
 from ..models.deeplab import build_segmenter
+from .optim import build_optimizer, poly_schedule
 
 
 class SegmenterModule(L.LightningModule):
@@ -90,14 +91,5 @@ class SegmenterModule(L.LightningModule):
             {"params": [p for p in params if id(p) in head_ids], "lr": o["lr"] * o["head_lr_mult"]},
         ]
         groups = [g for g in groups if g["params"]]
-        if o["name"] == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        total = max(int(total), 1)
-        power = o["poly_power"]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1 - min(step, total) / total) ** power
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = build_optimizer(o["name"], groups, o["lr"], o["momentum"], o["weight_decay"])
+        return poly_schedule(optimizer, self.trainer, o["poly_power"])
