@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from asdt_lightning.lit.optim import build_optimizer
 from benchmarks._common import (
     compose_config,
     machine_info,
@@ -130,9 +131,7 @@ def make_optimizer(module: Any, keep: Callable[[nn.Parameter], bool] | None = No
         if params:
             groups.append({**g, "params": params})
     o = module.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
-    return torch.optim.AdamW(groups, lr=o.lr)
+    return build_optimizer(o.name, groups, o.lr, o.momentum)
 
 
 @dataclass

@@ -92,6 +92,8 @@ def test_batched_confusion_matrices_equal_one_at_a_time():
     assert metric.compute().sum() == 0
     with pytest.raises(ValueError, match="expected predictions"):
         metric.update(torch.zeros(2, 2, 5, 6, dtype=torch.long), target)
+    with pytest.raises(ValueError, match="ground-truth labels"):  # would land in another matrix's cells
+        metric.update(torch.zeros(3, 2, 5, 6, dtype=torch.long), torch.full((2, 5, 6), 4))
 
 
 def test_out_of_range_labels_are_refused():

@@ -208,3 +208,15 @@ def test_under_bf16_autocast_labels_crfs_and_pixel_losses_stay_fp32(random_loade
         "balanced_cross_entropy",
     }
     assert all(found == ({torch.float32}, False) for found in dtypes.values()), dtypes
+
+
+def test_the_ramp_scales_the_segmentation_terms_in_the_training_step(random_loader):
+    batch = batch_of(random_loader())
+    losses = {}
+    for ramp in (0, 4):
+        torch.manual_seed(0)
+        module = ASDTModule(**small_module_kwargs(loss={"cls": 0.0, "classifier_warmup": 0, "ramp": ramp}))
+        module.set_teacher(0, 0)
+        losses[ramp] = module.training_step(batch, 0)  # global step 0: the ramp's first step, 1/4 weight
+    assert losses[0] > 0
+    assert torch.allclose(losses[4], losses[0] / 4, rtol=1e-5)

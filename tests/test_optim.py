@@ -37,3 +37,17 @@ def test_fused_optimizer_matches_the_reference_update(name):
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         build_optimizer("rmsprop", [{"params": _params(0)}], lr=0.1)
+
+
+def test_fused_kernels_only_without_gradient_clipping():
+    import lightning as L
+
+    from asdt_lightning.lit.optim import fused_allowed
+
+    def trainer(**kwargs):
+        return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **kwargs)
+
+    assert fused_allowed(trainer())
+    assert not fused_allowed(trainer(gradient_clip_val=1.0))
+    optimizer = build_optimizer("adamw", [{"params": _params(0)}], lr=0.1, allow_fused=False)
+    assert not optimizer.defaults["fused"]

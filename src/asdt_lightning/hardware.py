@@ -31,7 +31,7 @@ def resolve_precision(precision: str | int, accelerator: str) -> str | int:
     if uses_cuda(accelerator):
         if not torch.cuda.is_available():
             raise ASDTUserError(f"trainer.accelerator={accelerator} but no GPU is visible; use trainer=cpu")
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
     if accelerator in ("auto", "cpu"):
         return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     return "32-true"

@@ -11,8 +11,8 @@ from torchmetrics import Metric
 class ConfusionMatrices(Metric):
     """``M`` confusion matrices of ``M`` predictions of the same targets, summed over batches (and DDP ranks).
 
-    One ``torch.bincount`` per update for all ``M``, and no argument checks: the predictions of argmax or
-    thresholding are in range by construction. ``compute``: (M, K, K) int64 (rows: ground truth).
+    One ``torch.bincount`` per update for all ``M``; targets are range-checked, predictions are not (those of
+    argmax or thresholding are in range by construction). ``compute``: (M, K, K) int64 (rows: ground truth).
     """
 
     full_state_update = False
@@ -29,12 +29,15 @@ class ConfusionMatrices(Metric):
             raise ValueError(f"expected predictions ({self.count}, *{tuple(target.shape)}), got {tuple(preds.shape)}")
         keep = target.reshape(-1) != self.ignore_index
         k = self.num_classes
-        cells = target.reshape(-1)[keep].long() * k + preds.reshape(self.count, -1)[:, keep].long()
+        labels = target.reshape(-1)[keep].long()
+        if labels.numel() and (int(labels.max()) >= k or int(labels.min()) < 0):
+            raise ValueError(f"ground-truth labels must lie in [0, {k}) or be {self.ignore_index}")
+        cells = labels * k + preds.reshape(self.count, -1)[:, keep].long()
         cells = cells + torch.arange(self.count, device=cells.device)[:, None] * (k * k)
         self.confmat += torch.bincount(cells.reshape(-1), minlength=self.count * k * k).view(self.count, k, k)
 
     def compute(self) -> torch.Tensor:
-        return self.confmat
+        return self.confmat.clone()
 
 
 def iou_from_confusion(confmat: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..method.losses import balanced_cross_entropy, classification_loss, pairwis
 from ..method.pwm import TEACHER_B
 from ..metrics import ConfusionMatrices, iou_from_confusion
 from ..models.asdt import ASDTOutput, build_asdt_net
-from .optim import build_optimizer, poly_schedule
+from .optim import build_optimizer, fused_allowed, poly_schedule
 
 BRANCHES = ("cam", "refine", "student", "fused")
 SEGMENTATION_BRANCHES = ("refine", "student", "fused")
@@ -36,7 +36,9 @@ SEGMENTATION_BRANCHES = ("refine", "student", "fused")
 
 @dataclass(frozen=True)
 class LossWeights:
-    """``L = cls * L_cls + refine * (CE(R, Y_A) + pairwise * P(R)) + student * (KD(S, Y_src) + pairwise * P(S))``;
+    """The loss after the classifier warm-up, with ``r(t)`` the ramp factor:
+
+    ``L = cls * L_cls + r(t) * [refine * (CE(R, Y_A) + pairwise * P(R)) + student * (KD(S, Y) + pairwise * P(S))]``;
     the student's distillation term is scaled by ``teacher_a`` or ``teacher_b`` with its source."""
 
     cls: float = 1.0
@@ -388,5 +390,6 @@ class ASDTModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim  # weight decay is set per parameter group
-        optimizer = build_optimizer(o.name, self.parameter_groups(), o.lr, o.momentum)
+        groups = self.parameter_groups()
+        optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, allow_fused=fused_allowed(self.trainer))
         return poly_schedule(optimizer, self.trainer, o.poly_power)

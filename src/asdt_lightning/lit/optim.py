@@ -12,19 +12,30 @@ FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD/AdamW kernels run
 
 
 def build_optimizer(
-    name: str, groups: Sequence[dict[str, Any]], lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+    name: str,
+    groups: Sequence[dict[str, Any]],
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    allow_fused: bool = True,
 ) -> torch.optim.Optimizer:
     """``sgd`` or ``adamw`` over parameter ``groups`` (group keys override ``lr`` and ``weight_decay``).
 
-    Fused where every parameter lives on a supported device: one kernel for all parameters instead of a loop
-    (AdamW on ResNet-18, CPU: 7.5 ms instead of 38 ms a step).
+    Fused where allowed and every parameter lives on a supported device: one kernel for all parameters instead
+    of a loop (AdamW on ResNet-18, CPU: 7.5 ms instead of 38 ms a step). Lightning refuses gradient clipping
+    with fused optimisers under mixed precision: pass ``allow_fused=False`` when clipping.
     """
-    fused = all(p.device.type in FUSED_DEVICES for g in groups for p in g["params"])
+    fused = allow_fused and all(p.device.type in FUSED_DEVICES for g in groups for p in g["params"])
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+
+
+def fused_allowed(trainer: L.Trainer) -> bool:
+    """Fused kernels unless the trainer clips gradients (which Lightning cannot do for them)."""
+    return not trainer.gradient_clip_val
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, trainer: L.Trainer, power: float) -> dict[str, Any]:

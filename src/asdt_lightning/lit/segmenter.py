@@ -14,7 +14,7 @@ from ..constants import IGNORE_INDEX
 from ..errors import ASDTUserError
 from ..metrics import iou_from_confusion
 from ..models.deeplab import build_segmenter
-from .optim import build_optimizer, poly_schedule
+from .optim import build_optimizer, fused_allowed, poly_schedule
 
 
 class SegmenterModule(L.LightningModule):
@@ -91,5 +91,6 @@ class SegmenterModule(L.LightningModule):
             {"params": [p for p in params if id(p) in head_ids], "lr": o["lr"] * o["head_lr_mult"]},
         ]
         groups = [g for g in groups if g["params"]]
-        optimizer = build_optimizer(o["name"], groups, o["lr"], o["momentum"], o["weight_decay"])
+        fused = fused_allowed(self.trainer)
+        optimizer = build_optimizer(o["name"], groups, o["lr"], o["momentum"], o["weight_decay"], allow_fused=fused)
         return poly_schedule(optimizer, self.trainer, o["poly_power"])
