@@ -2,6 +2,7 @@ import lightning as L
 import pytest
 import torch
 
+from asdt_lightning.constants import IGNORE_INDEX
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.lit.callbacks import PWMCallback
 from asdt_lightning.lit.module import ASDTModule
@@ -220,3 +221,28 @@ def test_the_ramp_scales_the_segmentation_terms_in_the_training_step(random_load
         losses[ramp] = module.training_step(batch, 0)  # global step 0: the ramp's first step, 1/4 weight
     assert losses[0] > 0
     assert torch.allclose(losses[4], losses[0] / 4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("source", [0, 1])
+def test_ground_truth_supervision_trains_both_heads_on_the_true_masks(random_loader, monkeypatch, source):
+    import asdt_lightning.lit.module as module_code
+
+    targets = []
+    original = module_code.balanced_cross_entropy
+
+    def spy(logits, labels, *args, **kwargs):
+        targets.append(labels.clone())
+        return original(logits, labels, *args, **kwargs)
+
+    monkeypatch.setattr(module_code, "balanced_cross_entropy", spy)
+    module = ASDTModule(**small_module_kwargs(loss={"supervision": "ground_truth"}))
+    module.set_teacher(0, source)  # the PWM source does not matter: no teacher B in the upper bound
+    batch = batch_of(random_loader(size=64))
+    module.training_step(batch, 0)
+    expected = batch["mask"][:, ::8, ::8]  # nearest from 64 to 8 pixels: every 8th pixel ...
+    expected = expected.masked_fill(~module.valid_at(batch["valid"], (8, 8)), IGNORE_INDEX)  # ... padding ignored
+    assert (expected != IGNORE_INDEX).any() and expected.unique().numel() > 1
+    assert len(targets) == 2  # R's CE and S's CE
+    assert all(torch.equal(t, expected) for t in targets)
+    with pytest.raises(ASDTUserError, match="supervision"):
+        ASDTModule(**small_module_kwargs(loss={"supervision": "masks"}))

@@ -51,6 +51,7 @@ class LossWeights:
     temperature: float = 1.0
     classifier_warmup: int = 0  # steps trained on L_cls alone, while CAMs are still noise (from-scratch runs)
     ramp: int = 0  # steps over which the segmentation terms rise linearly to full weight after the warm-up
+    supervision: str = "pseudo"  # "ground_truth": R and S learn the true masks (the fully supervised upper bound)
 
     def segmentation_scale(self, step: int) -> float:
         """Factor of the R and S terms at global step ``step`` (after the warm-up): ramps 1/ramp ... 1."""
@@ -139,6 +140,9 @@ class ASDTModule(L.LightningModule):
         if not self.cam_scales or self.cam_scales[0] != 1.0:
             raise ASDTUserError(f"model.cam_scales must start with 1.0 (the scale with gradient), got {cam_scales}")
         self.loss_weights = _from_dict(LossWeights, loss)
+        if self.loss_weights.supervision not in ("pseudo", "ground_truth"):
+            mode = self.loss_weights.supervision
+            raise ASDTUserError(f"model.loss.supervision must be 'pseudo' or 'ground_truth', got {mode!r}")
         if self.loss_weights.distillation not in ("hard", "soft"):
             mode = self.loss_weights.distillation
             raise ASDTUserError(f"model.loss.distillation must be 'hard' or 'soft', got {mode!r}")
@@ -196,6 +200,13 @@ class ASDTModule(L.LightningModule):
             return maps
         return F.interpolate(maps, size, mode="bilinear", align_corners=False)
 
+    @staticmethod
+    def masks_at(masks: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        """(B, H, W) label maps -> (B, *size) long, nearest; for ``supervision=ground_truth``."""
+        if masks is None:
+            raise ASDTUserError("model.loss.supervision=ground_truth needs training masks; this batch has none")
+        return F.interpolate(masks[:, None].float(), size, mode="nearest")[:, 0].long()
+
     def training_cams(self, images: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
         """Multi-scale CAMs: the scale-1 CAMs (detached) averaged with no-grad CAMs at the other scales."""
         size = cams.shape[-2:]
@@ -228,7 +239,7 @@ class ASDTModule(L.LightningModule):
             return loss
         cams = self.training_cams(images, out.cams)  # the extra scales' forwards at the trainer's precision
         with torch.autocast(images.device.type, enabled=False):  # labels, CRFs and pixel losses in fp32
-            loss, terms = self.asdt_loss(images, image_labels, valid, out, cams, loss_cls)
+            loss, terms = self.asdt_loss(images, image_labels, valid, out, cams, loss_cls, batch.get("mask"))
         self.log_dict(terms, on_step=True, on_epoch=False, prog_bar=False, batch_size=images.shape[0])
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=images.shape[0])
         return loss
@@ -241,6 +252,7 @@ class ASDTModule(L.LightningModule):
         out: ASDTOutput,
         cams: torch.Tensor,
         loss_cls: torch.Tensor,
+        masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """The full loss after the classifier warm-up, and its logged terms; ``cams``: (B, C, h, w) multi-scale."""
         size = self.label_size(out)
@@ -257,7 +269,9 @@ class ASDTModule(L.LightningModule):
             labels_a = reliable_cam_labels(
                 rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr
             )
-            from_b = self.teacher_source == TEACHER_B
+            if w.supervision == "ground_truth":  # the upper bound: both heads learn the true masks
+                labels_a = self.masks_at(masks, size).masked_fill(~valid_lr, IGNORE_INDEX)
+            from_b = self.teacher_source == TEACHER_B and w.supervision == "pseudo"
             if from_b:
                 refine_probs = torch.softmax(refine_logits.detach(), 1)
                 target_b = self._teacher_b_target(rgb, refine_probs, image_labels, pixel_step, valid_lr)
