@@ -23,15 +23,13 @@ from typing import Any
 
 from benchmarks._common import machine_info, md_table
 
-# name -> Hydra overrides (None: the package cannot train this variant yet)
-VARIANTS: dict[str, list[str] | None] = {
+# name -> Hydra overrides
+VARIANTS: dict[str, list[str]] = {
     "CAM teacher only (duty 0)": ["pwm.duty=0"],
     "refinement teacher only (duty 1)": ["pwm.duty=1"],
     "ASDT duty 1/6": ["pwm.duty=0.16666666666666666"],
     "ASDT duty 1/2": ["pwm.duty=0.5"],
-    # The same network trained on ground-truth masks needs a supervision switch the module does not have yet;
-    # pass its override with --supervised-override once it exists (e.g. model.loss.supervision=ground_truth).
-    "fully supervised (upper bound)": None,
+    "fully supervised (upper bound)": ["model.loss.supervision=ground_truth"],  # R and S on the true masks
 }
 BRANCHES = ("cam", "refine", "student", "fused")
 
@@ -59,15 +57,9 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     extra = list(args.override) + ([f"trainer.max_steps={args.max_steps}"] if args.max_steps else [])
     records = []
     for variant, overrides in VARIANTS.items():
-        if overrides is None and args.supervised_override:
-            overrides = list(args.supervised_override)
         for seed in args.seeds:
             directory = run_dir(args.out, variant, seed)
             record: dict[str, Any] = {"variant": variant, "seed": seed, "dir": str(directory)}
-            if overrides is None:
-                record["status"] = "not available"
-                records.append(record)
-                continue
             cmd = train_command(overrides, seed, directory, extra)
             record["command"] = "python " + " ".join(cmd[1:])
             metrics_file = directory / "metrics.json"
@@ -123,7 +115,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--max-steps", type=int, default=None, help="trainer.max_steps for every run (default: config)")
     p.add_argument("--out", type=Path, default=Path("outputs/quality"))
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
-    p.add_argument("--supervised-override", nargs="+", default=None, help="overrides of the upper-bound run")
     p.add_argument("--gather-only", action="store_true", help="do not train, only gather finished runs")
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)

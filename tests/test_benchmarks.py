@@ -50,7 +50,10 @@ def test_quality_table_gathers_finished_runs_and_marks_missing_ones(tmp_path):
     records = quality.main(["--gather-only", "--seeds", "0", "--out", str(tmp_path), "--md", str(tmp_path / "q.md")])
     status = {r["variant"]: r["status"] for r in records}
     assert status["ASDT duty 1/2"] == "done" and status["ASDT duty 1/6"] == "missing"
-    assert status["fully supervised (upper bound)"] == "not available"
+    assert status["fully supervised (upper bound)"] == "missing"
+    assert "model.loss.supervision=ground_truth" in next(
+        r["command"] for r in records if r["variant"] == "fully supervised (upper bound)"
+    )
     text = (tmp_path / "q.md").read_text()
     assert "| ASDT duty 1/2 | 30.0 ± 0.0 | 40.0 ± 0.0 | 50.0 ± 0.0 | 55.0 ± 0.0 |" in text
 
