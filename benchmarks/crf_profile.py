@@ -1,8 +1,9 @@
 """What bounds the training-loop CRF: kernel construction vs mean-field iterations, the window, the message method.
 
-At the label shapes of the training-step benchmark, ``local_crf`` (``method/crf.py``) is split into its kernel
-(``crf_kernel``) and its iterations (``message_passing`` + softmax). Each iteration's message with ``"unfold"``
-materialises (B, K, window^2, h, w) floats twice (the neighbours and their product with the kernel); the table
+At the label shapes of the training-step benchmark, the local CRF (``mean_field_crf`` in ``method/crf.py``) is split
+into its kernel (``crf_kernel``) and its iterations (``message_passing`` + softmax); the fully connected CRF
+(``connectivity="full"``: a (B, N, N) kernel and batched matrix products) is timed beside it. Each iteration's
+message with ``"unfold"`` materialises (B, K, window^2, h, w) floats twice (the neighbours and their product with the kernel); the table
 gives that traffic and the bandwidth it implies, and compares the ``"shift"`` method (no large temporary).
 
     python -m benchmarks.crf_profile                    # CPU, the default config's label shapes
@@ -12,6 +13,7 @@ gives that traffic and the bandwidth it implies, and compares the ``"shift"`` me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-from asdt_lightning.method.crf import CRFParams, crf_kernel, local_crf, message_passing
+from asdt_lightning.method.crf import CRFParams, crf_kernel, mean_field_crf, message_passing
 from benchmarks._common import machine_info, md_table, median, shown_args, timed
 
 METHODS = ("unfold", "shift")
@@ -37,17 +39,23 @@ def profile_shape(
     runs: dict[str, list[float]] = {f"crf[{m}]": [] for m in METHODS}
     runs.update({f"message[{m}]": [] for m in METHODS})
     runs["kernel"] = []
+    runs["kernel[full]"] = []
+    runs["crf[full]"] = []
+    full = dataclasses.replace(params, connectivity="full")
     for r in range(repeats + 1):  # round 0 warms up
         sample = {"kernel": timed(lambda: crf_kernel(image, params, pixel_step), device)}
+        sample["kernel[full]"] = timed(lambda: crf_kernel(image, full, pixel_step), device)
+        sample["crf[full]"] = timed(lambda: mean_field_crf(image, probs, full, pixel_step), device)
         for m in METHODS:
-            sample[f"crf[{m}]"] = timed(lambda m=m: local_crf(image, probs, params, pixel_step, method=m), device)
+            sample[f"crf[{m}]"] = timed(lambda m=m: mean_field_crf(image, probs, params, pixel_step, method=m), device)
             sample[f"message[{m}]"] = timed(lambda m=m: message_passing(probs, kernel, params.window, m), device)
         if r:
             for name, value in sample.items():
                 runs[name].append(value)
     out["seconds"] = {name: median(v) for name, v in runs.items()}
-    ref = local_crf(image, probs, params, pixel_step, method="unfold")
-    out["max_abs_diff"] = float((local_crf(image, probs, params, pixel_step, method="shift") - ref).abs().max())
+    ref = mean_field_crf(image, probs, params, pixel_step, method="unfold")
+    shifted = mean_field_crf(image, probs, params, pixel_step, method="shift")
+    out["max_abs_diff"] = float((shifted - ref).abs().max())
     out["unfold_bytes_per_iteration"] = 2 * b * k * params.window**2 * h * h * 4  # neighbours + product, float32
     return out
 
@@ -58,10 +66,10 @@ def top_ops(b: int, k: int, h: int, params: CRFParams, device: torch.device, met
 
     image = torch.rand(b, 3, h, h, device=device) * 255
     probs = torch.softmax(torch.randn(b, k, h, h, device=device), 1)
-    local_crf(image, probs, params, 8.0, method=method)
+    mean_field_crf(image, probs, params, 8.0, method=method)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        local_crf(image, probs, params, 8.0, method=method)
+        mean_field_crf(image, probs, params, 8.0, method=method)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort, row_limit=8, max_name_column_width=28)
 
@@ -104,6 +112,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{1000 * sec['crf[unfold]']:.1f}",
                 f"{1000 * sec['crf[shift]']:.1f}",
                 f"{sec['crf[unfold]'] / sec['crf[shift]']:.1f}x",
+                f"{1000 * sec['kernel[full]']:.2f}",
+                f"{1000 * sec['crf[full]']:.1f}",
                 f"{s['unfold_bytes_per_iteration'] / 2**20:.1f}",
                 f"{s['unfold_bytes_per_iteration'] * 2 / sec['message[unfold]'] / 1e9:.1f}",
                 f"{s['max_abs_diff']:.1e}",
@@ -119,6 +129,8 @@ def markdown(result: dict[str, Any]) -> str:
         "CRF ms (unfold)",
         "CRF ms (shift)",
         "speed-up",
+        "kernel ms (full)",
+        "CRF ms (full)",
         "unfold temporaries MiB / iteration",
         "implied GB/s (unfold, write + read)",
         "max abs diff",
@@ -130,7 +142,8 @@ def markdown(result: dict[str, Any]) -> str:
     )
     return (
         f"{title}\n\n{cmd}\n\n{it} mean-field iterations, {result['threads']} thread(s); median of the repeats. "
-        "'CRF' = kernel + all iterations of ``local_crf``; 'message' = one ``message_passing`` call.\n\n"
+        "'CRF' = kernel + all iterations of ``mean_field_crf``; 'message' = one local ``message_passing`` "
+        "call; '(full)' = fully connected (``connectivity=full``), the default config's choice.\n\n"
         + md_table(header, rows)
         + "\n\n"
         + ops
@@ -144,13 +157,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--shape", action="append", default=None, help="BxKxh (label resolution), repeatable")
     p.add_argument("--windows", type=int, nargs="+", default=[5, 9])
     p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--pixel-step", type=float, default=8.0)
+    p.add_argument("--pixel-step", type=float, default=4.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
     args = p.parse_args(argv)
-    args.shape = args.shape or ["8x7x16", "4x7x24"]
+    args.shape = args.shape or ["8x7x32", "4x7x24"]
     args.command = "python -m benchmarks.crf_profile " + shown_args(sys.argv[1:] if argv is None else argv)
     result = run(args)
     text = markdown(result)

@@ -340,8 +340,11 @@ def instrumented(variant: Variant, sections: Sections) -> Iterator[Callable[[], 
     patch(lit_module, "reliable_cam_labels", "teacher A labels (excl. CRFs)")
     patch(lit_module, "refinement_teacher_labels", "teacher B labels (excl. CRF)")
     patch(lit_module, "normalize_cams", "normalise CAMs")
-    patch(lit_module, "local_crf", crf_name)
-    patch(cam, "local_crf", crf_name)
+    patch(cam, "crf_kernel", "CRF A kernel (both alphas)")
+    patch(cam, "mean_field", crf_name)
+    patch(cam, "mean_field_crf", "CRF B")
+    patch(lit_module, "mean_field_crf", "CRF B")
+    patch(lit_module, "pairwise_kernel", "loss: pairwise kernel")
     patch(lit_module, "balanced_cross_entropy", "loss: balanced CE")
     patch(lit_module, "soft_distillation", "loss: soft distillation")
     patch(lit_module, "pairwise_loss", "loss: pairwise")
@@ -424,7 +427,13 @@ def instrumented_step(variant: Variant, batch: dict, source: int, setting: Setti
     return {**sections.seconds, "total": total}
 
 
-LABEL_PARTS = ("normalise CAMs", "teacher A labels (excl. CRFs)", "CRF A (alpha low)", "CRF A (alpha high)")
+LABEL_PARTS = (
+    "normalise CAMs",
+    "teacher A labels (excl. CRFs)",
+    "CRF A kernel (both alphas)",
+    "CRF A (alpha low)",
+    "CRF A (alpha high)",
+)
 LABEL_PARTS_B = ("teacher B labels (excl. CRF)", "CRF B")
 
 
@@ -575,6 +584,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _crf(c: dict[str, Any]) -> str:
+    if c.get("connectivity", "local") == "full":
+        return f"(fully connected, {c['iterations']} iterations)"
     return f"(window {c['window']}, {c['iterations']} iterations)"
 
 
@@ -610,6 +621,7 @@ ORDER = [
     "resize",
     "normalise",
     "teacher A",
+    "CRF A kernel",
     "CRF A (alpha low)",
     "CRF A (alpha high)",
     "teacher B",

@@ -23,8 +23,14 @@ from ..method.cam import (
     refinement_teacher_labels,
     reliable_cam_labels,
 )
-from ..method.crf import CRFParams, local_crf
-from ..method.losses import balanced_cross_entropy, classification_loss, pairwise_loss, soft_distillation
+from ..method.crf import CRFParams, check_connectivity, mean_field_crf
+from ..method.losses import (
+    balanced_cross_entropy,
+    classification_loss,
+    pairwise_kernel,
+    pairwise_loss,
+    soft_distillation,
+)
 from ..method.pwm import TEACHER_B
 from ..metrics import ConfusionMatrices, iou_from_confusion
 from ..models.asdt import ASDTOutput, build_asdt_net
@@ -70,11 +76,15 @@ class TeacherBParams:
 
 @dataclass(frozen=True)
 class PairwiseParams:
-    """Local pairwise (CRF) loss kernel."""
+    """The pairwise (CRF) loss's bilateral kernel."""
 
     sxy: float = 100.0
     srgb: float = 15.0
     window: int = 5
+    connectivity: str = "local"  # local | full
+
+    def __post_init__(self) -> None:
+        check_connectivity(self.connectivity)
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,10 @@ def _from_dict(base: Any, values: Mapping[str, Any] | None) -> Any:
         current = getattr(base, key)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
             values[key] = _from_dict(current, value)
-    return dataclasses.replace(base, **values)
+    try:
+        return dataclasses.replace(base, **values)
+    except ValueError as err:  # a params dataclass refusing a value
+        raise ASDTUserError(f"{type(base).__name__}: {err}") from None
 
 
 class ASDTModule(L.LightningModule):
@@ -277,14 +290,15 @@ class ASDTModule(L.LightningModule):
                 target_b = self._teacher_b_target(rgb, refine_probs, image_labels, pixel_step, valid_lr)
 
         loss_refine_ce = balanced_cross_entropy(refine_logits, labels_a, self.has_background)
-        loss_refine_pair = self._pairwise(refine_logits, rgb, pixel_step, valid_lr)
+        kernel = self._pairwise_kernel(rgb, pixel_step, valid_lr)
+        loss_refine_pair = self._pairwise(refine_logits, kernel, valid_lr)
         if not from_b:
             loss_distill = w.teacher_a * balanced_cross_entropy(student_logits, labels_a, self.has_background)
         elif w.distillation == "soft":
             loss_distill = w.teacher_b * soft_distillation(student_logits, target_b, valid_lr, w.temperature)
         else:
             loss_distill = w.teacher_b * balanced_cross_entropy(student_logits, target_b, self.has_background)
-        loss_student_pair = self._pairwise(student_logits, rgb, pixel_step, valid_lr)
+        loss_student_pair = self._pairwise(student_logits, kernel, valid_lr)
 
         ramp = w.segmentation_scale(self.global_step)
         loss = w.cls * loss_cls + ramp * (
@@ -308,7 +322,7 @@ class ASDTModule(L.LightningModule):
         """Hard labels (B, h, w) or, for soft distillation, refined probabilities (B, K, h, w)."""
         if self.loss_weights.distillation == "soft":
             allowed = allowed_labels(image_labels, self.has_background)
-            return local_crf(rgb, refine_probs, self.teacher_b.crf, pixel_step, allowed=allowed)
+            return mean_field_crf(rgb, refine_probs, self.teacher_b.crf, pixel_step, allowed=allowed)
         return refinement_teacher_labels(
             rgb,
             refine_probs,
@@ -320,11 +334,19 @@ class ASDTModule(L.LightningModule):
             valid_lr,
         )
 
-    def _pairwise(self, logits, rgb, pixel_step, valid_lr) -> torch.Tensor:
+    def _pairwise_kernel(self, rgb, pixel_step, valid_lr) -> torch.Tensor | None:
+        """The pairwise loss's kernel, computed once per step for both heads (``None`` when the term is off)."""
         if self.loss_weights.pairwise == 0:
-            return logits.sum() * 0.0
+            return None
         p = self.pairwise
-        return pairwise_loss(logits, rgb, p.sxy, p.srgb, p.window, pixel_step, valid_lr)
+        with torch.no_grad():
+            return pairwise_kernel(rgb, p.sxy, p.srgb, p.window, pixel_step, valid_lr, p.connectivity)
+
+    @staticmethod
+    def _pairwise(logits, kernel, valid_lr) -> torch.Tensor:
+        if kernel is None:
+            return logits.sum() * 0.0
+        return pairwise_loss(logits, kernel, valid_lr)
 
     # ------------------------------------------------------------------------------------------- validation
     def branch_probabilities(self, images: torch.Tensor, image_labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
-from .crf import CRFParams, local_crf
+from .crf import CRFParams, crf_kernel, mean_field, mean_field_crf
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,12 @@ def reliable_cam_labels(
     offset = int(has_background)
     fg_threshold = _class_cam_thresholds(norm_cams, params.fg_percentile, params.fg_min_cam)
 
+    kernel = crf_kernel(image, params.crf, pixel_step)  # one kernel for both background powers
+
     def crf(alpha: float) -> torch.Tensor:
         scores = cam_scores(norm_cams, has_background, alpha)
         probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
-        return local_crf(image, probs, params.crf, pixel_step, allowed=allowed)
+        return mean_field(probs, kernel, params.crf, allowed=allowed)
 
     probs_low = crf(params.alpha_low)
     confidence, labels = probs_low.max(1)
@@ -202,7 +204,7 @@ def refinement_teacher_labels(
         (B, h, w) long hard labels.
     """
     allowed = allowed_labels(image_labels, has_background)
-    refined = local_crf(image, probs, crf_params, pixel_step, allowed=allowed)
+    refined = mean_field_crf(image, probs, crf_params, pixel_step, allowed=allowed)
     conf, labels = refined.max(1)
     labels = labels.masked_fill(conf < confidence, IGNORE_INDEX)
     if valid is not None:

@@ -1,34 +1,55 @@
-"""A batched local-window CRF and its pairwise affinities, in PyTorch (runs on the training device).
+"""Batched mean-field CRFs and their pairwise affinities, in PyTorch (they run on the training device).
 
-The fully connected dense CRF of Krähenbühl & Koltun is approximated by mean-field inference with truncated
-kernels: each pixel interacts with the ``window x window`` pixels around it (a "ConvCRF"). Kernels are
-expressed in *image* pixel units (``pixel_step`` = image pixels per label pixel), so the dense-CRF
-parameters (sxy, srgb) keep their meaning at any label resolution. Each pixel's kernel weights are normalised
-to sum to one, so ``compat`` is the largest logit change a kernel can make, whatever the window.
+The fully connected dense CRF of Krähenbühl & Koltun with Gaussian + bilateral Potts kernels, on the label grid,
+in one of two connectivities:
+
+- ``"local"``: each pixel interacts with the ``window x window`` pixels around it (a "ConvCRF"); memory and time
+  grow with ``H * W * window^2``.
+- ``"full"``: each pixel interacts with every pixel of the grid, exactly (no lattice approximation); the kernel is a
+  (B, N, N) matrix for ``N = H * W`` pixels, so it suits label grids up to a few thousand pixels (32x32 on a
+  128-px crop, 41x41 on a 321-px crop at output stride 8), where it costs a few batched matrix products.
+
+Kernels are expressed in *image* pixel units (``pixel_step`` = image pixels per label pixel), so the dense-CRF
+parameters (sxy, srgb) keep their meaning at any label resolution. Each pixel's weights are divided by their sum
+plus the pixel's own weight (1), as in the dense CRF's normalisation: ``compat`` bounds the logit change a kernel
+can make, and a pixel unlike all its neighbours receives almost nothing and keeps its unary.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+CONNECTIVITIES = ("local", "full")
+FULL_KERNEL_MAX_BYTES = 8 << 30  # a (B, N, N) float32 kernel above this is refused with a clear message
 _LOG_FLOOR = -87.0  # exp(-87) ~ 1.6e-38, just above float32's smallest normal number
 _WEIGHT_FLOOR = 1e-20  # normalised weights below this are exactly 0 (products with them would be subnormal)
+_FULL_LOG_FLOOR = -40.0  # full kernel: weights below e^-40 of the pixel's own are exactly 0 (no subnormals)
 
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Parameters of the local-window CRF (defaults: the released code's teacher-A CRF)."""
+    """Parameters of the mean-field CRF (defaults: the released code's teacher-A CRF, local connectivity)."""
 
     iterations: int = 10
-    window: int = 9
+    window: int = 9  # neighbourhood side for local connectivity (ignored by full connectivity)
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
+    connectivity: str = "local"  # "local" (window) | "full" (every pixel of the label grid)
+
+    def __post_init__(self) -> None:
+        check_connectivity(self.connectivity)
+
+
+def check_connectivity(connectivity: str) -> None:
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"unknown CRF connectivity {connectivity!r}; use one of {', '.join(CONNECTIVITIES)}")
 
 
 def _neighbours(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -53,14 +74,14 @@ def local_affinity(
     pixel_step: float = 1.0,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Kernel weights between each pixel and its window neighbours, centre excluded, rows summing to 1.
+    """Kernel weights between each pixel and its window neighbours, centre excluded, normalised (see module).
 
     Args:
         image: (B, 3, H, W) RGB in 0..255 at the label resolution.
         srgb: colour bandwidth; ``None`` gives a purely spatial Gaussian kernel.
         valid: optional (B, H, W) bool; invalid pixels neither send nor receive weight.
     Returns:
-        (B, window*window, H, W) weights.
+        (B, window*window, H, W) weights; each pixel's sum lies in [0, 1).
     """
     b, _, h, w = image.shape
     logk = -_offsets_sq(window, pixel_step, image.device).view(1, -1, 1, 1) / (2 * sxy**2)
@@ -71,19 +92,74 @@ def local_affinity(
         diff = _neighbours(image, window) - image[:, :, None]
         logk = logk - diff.pow(2).sum(1) / (2 * srgb**2)
     # Weights below e^-87 are set to 0 rather than computed: exp would make them subnormal floats, which CPUs
-    # process ~100x slower, and they could not change a row summing to 1 at float32 precision anyway.
+    # process ~100x slower, and they could not change the normalised weights at float32 precision anyway.
     logk = logk.expand(b, -1, h, w)
     k = torch.exp(logk.clamp_min(_LOG_FLOOR)) * ((logk > _LOG_FLOOR) * inside)
     k[:, (window * window) // 2] = 0.0  # no self-interaction
-    k = k / k.sum(1, keepdim=True).clamp_min(1e-8)
+    k = k / (k.sum(1, keepdim=True) + 1.0)  # + the pixel's own weight, exp(0)
     return k.masked_fill_(k < _WEIGHT_FLOOR, 0.0)  # negligible weights would make subnormal messages
 
 
-def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: str | None = None) -> torch.Tensor:
-    """One mean-field message: ``m[b, k, p] = sum_n kernel[b, n, p] * q[b, k, p + offset_n]`` (zero outside).
+def full_affinity(
+    image: torch.Tensor,
+    sxy: float,
+    srgb: float | None,
+    pixel_step: float = 1.0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Kernel weights between every pair of pixels of the grid, self excluded, normalised (see module).
+
+    ``k_ij = exp(-|p_i - p_j|^2 / 2 sxy^2 - |I_i - I_j|^2 / 2 srgb^2)``, positions in image pixels, computed for
+    all pairs with one batched matrix product. Weights below ``e^-40`` are 0.
 
     Args:
-        q: (B, K, H, W) current marginals; kernel: (B, window*window, H, W) from ``crf_kernel``.
+        image: (B, 3, H, W) RGB in 0..255 at the label resolution (only its shape matters when ``srgb`` is None).
+        valid: optional (B, H, W) bool; invalid pixels neither send nor receive weight.
+    Returns:
+        (B, N, N) weights, ``N = H * W``: row ``i`` holds what pixel ``i`` receives from each pixel ``j``.
+    """
+    b, _, h, w = image.shape
+    check_full_kernel_size(b, h, w)
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=image.device, dtype=torch.float32),
+        torch.arange(w, device=image.device, dtype=torch.float32),
+        indexing="ij",
+    )
+    feats = (torch.stack([ys, xs], -1).view(1, h * w, 2) * (pixel_step / sxy)).expand(b, -1, -1)
+    if srgb is not None:
+        feats = torch.cat([feats, image.float().flatten(2).transpose(1, 2) / srgb], 2)
+    feats = feats - feats.mean(1, keepdim=True)  # smaller magnitudes: less cancellation below
+    half_sq = feats.pow(2).sum(2, keepdim=True) * -0.5
+    ones = torch.ones_like(half_sq)
+    # [f_i, -|f_i|^2/2, 1] . [f_j, 1, -|f_j|^2/2] = -|f_i - f_j|^2 / 2, every pair in one product
+    logk = torch.bmm(torch.cat([feats, half_sq, ones], 2), torch.cat([feats, ones, half_sq], 2).transpose(1, 2))
+    logk.diagonal(dim1=1, dim2=2).fill_(-math.inf)  # no self-interaction
+    # exp(floor) - exp(floor) is exactly 0; the smallest non-zero weight is about e^-40 / N: never subnormal
+    k = logk.clamp_(_FULL_LOG_FLOOR, 0.0).exp_().sub_(math.exp(_FULL_LOG_FLOOR))
+    if valid is not None:
+        v = valid.flatten(1).to(k.dtype)
+        k.mul_(v[:, :, None]).mul_(v[:, None, :])
+    # k is symmetric, so dividing its columns by the row sums gives the transpose of the row-normalised kernel;
+    # returning that as a transposed view makes ``kernel.transpose(1, 2)``, which messages multiply by, contiguous
+    k.div_(k.sum(1, keepdim=True).add_(1.0))  # + the pixel's own weight, exp(0)
+    return k.transpose(1, 2)
+
+
+def check_full_kernel_size(b: int, h: int, w: int) -> None:
+    """Refuse a full-connectivity kernel too large for memory, with what to change."""
+    size = 4 * b * (h * w) ** 2
+    if size > FULL_KERNEL_MAX_BYTES:
+        raise ValueError(
+            f"a fully connected CRF kernel on a {h}x{w} label grid for {b} images needs {size / 2**30:.1f} GiB; "
+            "lower model.label_upsample or the crop size, or use connectivity=local"
+        )
+
+
+def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: str | None = None) -> torch.Tensor:
+    """One local mean-field message: ``m[b, k, p] = sum_n kernel[b, n, p] * q[b, k, p + offset_n]`` (0 outside).
+
+    Args:
+        q: (B, K, H, W) current marginals; kernel: (B, window*window, H, W) from ``local_affinity``.
         method: ``"unfold"`` materialises every pixel's neighbours, (B, K, window*window, H, W), in one op (few
             large kernels: the GPU choice); ``"shift"`` adds one shifted slice of ``q`` per window offset in place
             (no large temporary: on CPU, allocating and first-touching the unfolded tensor costs more than the
@@ -108,28 +184,34 @@ def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: 
 
 
 def crf_kernel(image: torch.Tensor, params: CRFParams, pixel_step: float = 1.0) -> torch.Tensor:
-    """(B, window*window, H, W) combined Potts kernel: ``compat_g * gaussian + compat_b * bilateral``."""
+    """Combined Potts kernel ``compat_g * gaussian + compat_b * bilateral`` of an image at the label resolution.
+
+    Returns:
+        (B, window*window, H, W) for local connectivity, (B, N, N) for full connectivity.
+    """
+    if params.connectivity == "full":
+        gauss = full_affinity(image[:1], params.gaussian_sxy, None, pixel_step)  # (1, N, N): the same for all
+        bilat = full_affinity(image, params.bilateral_sxy, params.bilateral_srgb, pixel_step)
+        return bilat.mul_(params.bilateral_compat).add_(gauss, alpha=params.gaussian_compat)
     gauss = local_affinity(image, params.window, params.gaussian_sxy, None, pixel_step)
     bilat = local_affinity(image, params.window, params.bilateral_sxy, params.bilateral_srgb, pixel_step)
     return params.gaussian_compat * gauss + params.bilateral_compat * bilat
 
 
-def local_crf(
-    image: torch.Tensor,
+def mean_field(
     probs: torch.Tensor,
+    kernel: torch.Tensor,
     params: CRFParams,
-    pixel_step: float = 1.0,
     allowed: torch.Tensor | None = None,
     method: str | None = None,
 ) -> torch.Tensor:
-    """Mean-field inference of a Potts CRF with local Gaussian + bilateral kernels.
+    """Mean-field inference of a Potts CRF with a precomputed ``crf_kernel`` (one kernel serves several unaries).
 
     Args:
-        image: (B, 3, H, W) RGB in 0..255 at the resolution of ``probs``.
         probs: (B, K, H, W) unary class probabilities.
-        pixel_step: image pixels per pixel of ``probs`` (the kernels' spatial unit).
+        kernel: from ``crf_kernel`` for the same image and ``params``.
         allowed: optional (B, K) bool; classes not allowed keep probability 0.
-        method: how messages are computed (see ``message_passing``; default: by device).
+        method: how local messages are computed (see ``message_passing``; default: by device).
     Returns:
         (B, K, H, W) refined probabilities.
     """
@@ -137,8 +219,29 @@ def local_crf(
     if allowed is not None:
         allowed = allowed | ~allowed.any(1, keepdim=True)  # an image with no allowed label keeps them all
         unary = unary.masked_fill(~allowed[:, :, None, None], float("-inf"))
-    kernel = crf_kernel(image, params, pixel_step)  # (B, N, H, W)
     q = torch.softmax(unary, dim=1)
+    if params.connectivity == "full":
+        b, k, h, w = q.shape
+        unary, q = unary.flatten(2), q.flatten(2)
+        kernel_t = kernel.transpose(1, 2)
+        for _ in range(params.iterations):
+            q = torch.softmax(unary + torch.matmul(q, kernel_t), dim=1)
+        return q.view(b, k, h, w)
     for _ in range(params.iterations):
         q = torch.softmax(unary + message_passing(q, kernel, params.window, method), dim=1)
     return q
+
+
+def mean_field_crf(
+    image: torch.Tensor,
+    probs: torch.Tensor,
+    params: CRFParams,
+    pixel_step: float = 1.0,
+    allowed: torch.Tensor | None = None,
+    method: str | None = None,
+) -> torch.Tensor:
+    """Refine (B, K, H, W) probabilities with the CRF of ``params`` on a (B, 3, H, W) RGB 0..255 image.
+
+    ``pixel_step``: image pixels per pixel of ``probs`` (the kernels' spatial unit); see ``mean_field``.
+    """
+    return mean_field(probs, crf_kernel(image, params, pixel_step), params, allowed, method)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import ASDTUserError
-from .crf import CRFParams, local_crf
+from .crf import CRFParams, mean_field_crf
 
 CRF_CHOICES = ("none", "local", "dense")
 
@@ -90,7 +90,7 @@ UNFOLD_BYTES = 1 << 30  # the unfold message pass materialises (B, K, window^2, 
 
 
 def local_crf_subset(rgb: torch.Tensor, probs: torch.Tensor, params: CRFParams, allowed: torch.Tensor) -> torch.Tensor:
-    """The local CRF on the labels some image of the batch allows (B, K', H, W), scattered back to (B, K, H, W).
+    """The PyTorch CRF on the labels some image of the batch allows (B, K', H, W), scattered back to (B, K, H, W).
 
     Labels no image allows stay 0 and cost nothing (VOC images hold 2-3 of 21 labels).
     """
@@ -101,7 +101,7 @@ def local_crf_subset(rgb: torch.Tensor, probs: torch.Tensor, params: CRFParams, 
     sub = probs[:, used].float()
     footprint = 4 * b * sub.shape[1] * params.window**2 * h * w
     method = "unfold" if footprint <= UNFOLD_BYTES else "shift"
-    refined = local_crf(rgb.float(), sub, params, pixel_step=1.0, allowed=allowed[:, used], method=method)
+    refined = mean_field_crf(rgb.float(), sub, params, pixel_step=1.0, allowed=allowed[:, used], method=method)
     out = torch.zeros_like(probs, dtype=torch.float32)
     out[:, used] = refined
     return out

@@ -6,11 +6,13 @@ whose pseudo labels are all ignore never produces NaN.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .cam import IGNORE_INDEX
-from .crf import local_affinity
+from .crf import check_connectivity, full_affinity, local_affinity
 
 
 def classification_loss(class_logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
@@ -60,29 +62,49 @@ def soft_distillation(
     return kl.mean() * temperature**2
 
 
-def pairwise_loss(
-    logits: torch.Tensor,
+def pairwise_kernel(
     image: torch.Tensor,
     sxy: float,
     srgb: float,
     window: int = 5,
     pixel_step: float = 1.0,
     valid: torch.Tensor | None = None,
+    connectivity: str = "local",
 ) -> torch.Tensor:
-    """Local CRF (gated-CRF style) loss: neighbours alike in colour and place should agree.
-
-    ``mean_i sum_j k_ij (1 - <p_i, p_j>)`` with the bilateral kernel ``k`` normalised per pixel, over valid
-    pixels ``i`` and their valid neighbours ``j`` in a ``window x window`` neighbourhood.
+    """The bilateral kernel of ``pairwise_loss`` (no gradient needed; one kernel serves R and S).
 
     Args:
-        logits: (B, K, h, w); image: (B, 3, h, w) RGB 0..255 at the same resolution; valid: (B, h, w) bool.
+        image: (B, 3, h, w) RGB 0..255 at the logits' resolution; valid: (B, h, w) bool.
+        connectivity: ``"local"`` (a ``window x window`` neighbourhood) or ``"full"`` (every pixel pair).
+    Returns:
+        (B, window*window, h, w) local or (B, h*w, h*w) full weights (``method.crf``).
+    """
+    check_connectivity(connectivity)
+    if connectivity == "full":
+        return full_affinity(image, sxy, srgb, pixel_step, valid)
+    return local_affinity(image, window, sxy, srgb, pixel_step, valid)
+
+
+def pairwise_loss(logits: torch.Tensor, kernel: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """CRF (gated-CRF / dense-CRF-loss style) loss: pixels alike in colour and place should agree.
+
+    ``mean_i sum_j k_ij (1 - <p_i, p_j>)`` over valid pixels ``i``, with the normalised bilateral kernel ``k`` of
+    ``pairwise_kernel``: over each pixel's window (local) or over every other pixel (full).
+
+    Args:
+        logits: (B, K, h, w); kernel: from ``pairwise_kernel`` at the same resolution; valid: (B, h, w) bool.
     """
     b, k, h, w = logits.shape
     probs = torch.softmax(logits, 1)
-    kernel = local_affinity(image, window, sxy, srgb, pixel_step, valid)  # (B, N, h, w)
-    neighbours = F.unfold(probs, window, padding=window // 2).view(b, k, window * window, h, w)
-    agreement = (neighbours * probs[:, :, None]).sum(1)  # (B, N, h, w)
-    loss = (kernel * (1 - agreement)).sum(1)  # (B, h, w)
+    if kernel.dim() == 3:  # full: (B, N, N)
+        flat = probs.flatten(2)  # (B, K, N)
+        agreement = (flat * torch.matmul(flat, kernel.transpose(1, 2))).sum(1)  # sum_j k_ij <p_i, p_j>
+        loss = (kernel.sum(2) - agreement).view(b, h, w)
+    else:
+        window = math.isqrt(kernel.shape[1])
+        neighbours = F.unfold(probs, window, padding=window // 2).view(b, k, window * window, h, w)
+        agreement = (neighbours * probs[:, :, None]).sum(1)  # (B, N, h, w)
+        loss = (kernel * (1 - agreement)).sum(1)  # (B, h, w)
     if valid is not None:
         loss = loss[valid]
     if loss.numel() == 0:
