@@ -3,8 +3,9 @@
 At the label shapes of the training-step benchmark, the local CRF (``mean_field_crf`` in ``method/crf.py``) is split
 into its kernel (``crf_kernel``) and its iterations (``message_passing`` + softmax); the fully connected CRF
 (``connectivity="full"``: a (B, N, N) kernel and batched matrix products) is timed beside it. Each iteration's
-message with ``"unfold"`` materialises (B, K, window^2, h, w) floats twice (the neighbours and their product with the kernel); the table
-gives that traffic and the bandwidth it implies, and compares the ``"shift"`` method (no large temporary).
+message with ``"unfold"`` materialises (B, K, window^2, h, w) floats twice (the neighbours and their product with
+the kernel); the table gives that traffic and the bandwidth it implies, and compares the ``"shift"`` method
+(no large temporary).
 
     python -m benchmarks.crf_profile                    # CPU, the default config's label shapes
     python -m benchmarks.crf_profile --device cuda --shape 4x21x41
