@@ -87,10 +87,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for shape in args.shape:
         b, k, h = (int(x) for x in shape.split("x"))
         for window in args.windows:
-            params = CRFParams(iterations=args.iterations, window=window)
+            params = CRFParams(iterations=args.iterations, window=window, connectivity="local")
             result["shapes"].append(profile_shape(b, k, h, params, device, args.repeats, args.pixel_step))
     b, k, h = (int(x) for x in args.shape[-1].split("x"))
-    result["top_ops"] = {m: top_ops(b, k, h, CRFParams(iterations=args.iterations), device, m) for m in METHODS}
+    local = CRFParams(iterations=args.iterations, connectivity="local")
+    result["top_ops"] = {m: top_ops(b, k, h, local, device, m) for m in METHODS}
     return result
 
 

@@ -29,6 +29,7 @@ INFERENCE_CRF = CRFParams(
     bilateral_sxy=83,
     bilateral_srgb=5,
     bilateral_compat=4,
+    connectivity="local",  # at the image's own resolution a fully connected kernel would not fit in memory
 )
 
 

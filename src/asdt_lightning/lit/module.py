@@ -81,7 +81,7 @@ class PairwiseParams:
     sxy: float = 100.0
     srgb: float = 15.0
     window: int = 5
-    connectivity: str = "local"  # local | full
+    connectivity: str = "full"  # full (every pixel pair of the label grid) | local (window x window)
 
     def __post_init__(self) -> None:
         check_connectivity(self.connectivity)

@@ -32,7 +32,7 @@ _FULL_LOG_FLOOR = -40.0  # full kernel: weights below e^-40 of the pixel's own a
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Parameters of the mean-field CRF (defaults: the released code's teacher-A CRF, local connectivity)."""
+    """Parameters of the mean-field CRF (defaults: the released code's teacher-A dense CRF, on the label grid)."""
 
     iterations: int = 10
     window: int = 9  # neighbourhood side for local connectivity (ignored by full connectivity)
@@ -41,7 +41,7 @@ class CRFParams:
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
-    connectivity: str = "local"  # "local" (window) | "full" (every pixel of the label grid)
+    connectivity: str = "full"  # "full" (every pixel of the label grid) | "local" (window x window)
 
     def __post_init__(self) -> None:
         check_connectivity(self.connectivity)
