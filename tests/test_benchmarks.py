@@ -55,7 +55,24 @@ def test_quality_table_gathers_finished_runs_and_marks_missing_ones(tmp_path):
         r["command"] for r in records if r["variant"] == "fully supervised (upper bound)"
     )
     text = (tmp_path / "q.md").read_text()
-    assert "| ASDT duty 1/2 | 30.0 ± 0.0 | 40.0 ± 0.0 | 50.0 ± 0.0 | 55.0 ± 0.0 |" in text
+    assert "| ASDT duty 1/2 | 30.0 ± 0.0 | 40.0 ± 0.0 | 50.0 ± 0.0 | 55.0 ± 0.0 | 25.0 ± 0.0 |" in text
+
+
+def test_quality_table_gap_to_the_upper_bound_and_a_chosen_subset(tmp_path):
+    for variant, fused in [("ASDT duty 1/2", 0.55), ("fully supervised (upper bound)", 0.75)]:
+        run = quality.run_dir(tmp_path, variant, 1)
+        run.mkdir(parents=True)
+        metrics = {"miou": {"cam": 0.3, "refine": 0.4, "student": 0.5, "fused": fused}, "global_step": 20}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    only = ["--only", "ASDT duty 1/2", "--only", "fully supervised (upper bound)"]
+    args = ["--gather-only", "--seeds", "1", "--out", str(tmp_path), "--md", str(tmp_path / "q.md"), *only]
+    records = quality.main([*args, "--title", "Held-out check"])
+    assert {r["variant"] for r in records} == {"ASDT duty 1/2", "fully supervised (upper bound)"}
+    text = (tmp_path / "q.md").read_text()
+    assert text.startswith("### Held-out check")
+    assert "| 25.0 ± 0.0 | 20.0 ± 0.0 | 1/1 |" in text  # fused - cam, then the upper bound's 75 minus 55
+    with pytest.raises(SystemExit, match="unknown variant"):
+        quality.main(["--gather-only", "--out", str(tmp_path), "--only", "duty 2"])
 
 
 def test_run_all_header_and_jobs():
