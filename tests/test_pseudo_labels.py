@@ -1,6 +1,11 @@
 """Pseudo-mask export: files, resume after a crash (byte-identical), refusals, CRF choices."""
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +15,7 @@ from PIL import Image
 import asdt_lightning.pseudo_labels as pl
 from asdt_lightning.data.voc import read_mask
 from asdt_lightning.errors import ASDTUserError
-from wsss_helpers import compose_plain, save_asdt_checkpoint
+from wsss_helpers import TINY_DATA, compose_plain, save_asdt_checkpoint
 
 FAST = ["num_workers=0", "batch_size=3", "progress=false", "crf_params.iterations=2", "crf_params.window=5"]
 
@@ -69,6 +74,38 @@ def test_interrupted_export_resumes_to_identical_files(ckpt, tmp_path, monkeypat
     assert summary["skipped"] == 4 and summary["written"] == 6 and summary["stale_temporaries_removed"] == 1
     assert digests(tmp_path / "resumed") == reference
     assert not list((tmp_path / "resumed").glob(".*"))
+
+
+def test_export_killed_half_way_resumes_to_identical_files(ckpt, tmp_path):
+    """SIGKILL a real export process half way, run it again: every file valid and identical to a whole run."""
+    more = ["dataset.synthetic.num_train=24"]  # enough images that the kill lands half way
+    slow = ["crf=local", "crf_params.iterations=20", "batch_size=1"]
+    export(ckpt, tmp_path / "full", *more, *slow)
+    reference = digests(tmp_path / "full")
+    assert len(reference) == 24
+
+    out = tmp_path / "killed"
+    args = [f"ckpt={ckpt}", f"out={out}", *FAST, *TINY_DATA, *more, *slow, "hydra.run.dir=" + str(tmp_path / "h")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asdt_lightning.pseudo_labels", *args],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.png"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    done = len(list(out.glob("*.png")))
+    assert 3 <= done < 24  # killed half way
+    for path in out.glob("*.png"):  # whatever it left under a final name is a whole, valid mask
+        assert read_mask(path).shape == (48, 48)
+
+    summary = export(ckpt, out, *more, *slow)
+    assert summary["skipped"] == done and summary["written"] == 24 - done
+    assert digests(out) == reference
+    assert not list(out.glob(".*"))  # no temporary left behind
 
 
 def test_a_broken_mask_is_redone(ckpt, tmp_path):

@@ -23,11 +23,12 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .config import plain_config
 from .data.inference import InferenceImages, pad_collate, reader_for
 from .data.voc import write_mask_png
 from .errors import ASDTUserError, run_or_exit
@@ -256,7 +257,8 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="pseudo_labels")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(run_export, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    required = {"ckpt": "ckpt=outputs/<run>/checkpoints/last.ckpt (an ASDT checkpoint)"}
+    run_or_exit(lambda: run_export(plain_config(cfg, required)))
 
 
 if __name__ == "__main__":

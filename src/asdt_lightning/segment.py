@@ -22,6 +22,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from .config import plain_config
 from .data.pseudo_masks import pseudo_mask_datamodule
 from .errors import ASDTUserError, run_or_exit
 from .hardware import trainer_settings
@@ -36,10 +37,6 @@ from .tracking import build_loggers, finish_loggers
 
 def check_config(plain: dict[str, Any]) -> None:
     """Cheap checks before any data or model is built."""
-    if not plain.get("pseudo_masks"):
-        raise ASDTUserError(
-            "pseudo_masks=<folder> is required (export one with python -m asdt_lightning.pseudo_labels)"
-        )
     backbone, arch = plain["backbone"], plain["segmenter"]["arch"]
     if backbone["name"] not in available_backbones():
         raise ASDTUserError(f"unknown backbone '{backbone['name']}'; choose one of: {', '.join(available_backbones())}")
@@ -69,7 +66,8 @@ def build_segmenter_module(plain: dict[str, Any], class_names: list[str], has_ba
 
 def segment(cfg: DictConfig) -> dict[str, Any]:
     """Check, build, fit, validate on the real masks; returns (and writes) the metrics."""
-    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    hint = "pseudo_masks=<folder> (export one with python -m asdt_lightning.pseudo_labels)"
+    plain = plain_config(cfg, {"pseudo_masks": hint})
     check_config(plain)
     out_dir = Path(plain["output_dir"])
     L.seed_everything(plain["seed"], workers=True)
