@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom (executed, in their quick setting) and are committed without outputs."""
+"""The notebooks run top to bottom (executed: the default synthetic dataset and config, a few steps) and are
+committed without outputs."""
 
 from pathlib import Path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -38,6 +38,17 @@ from .optim import build_optimizer, fused_allowed, poly_schedule
 
 BRANCHES = ("cam", "refine", "student", "fused")
 SEGMENTATION_BRANCHES = ("refine", "student", "fused")
+
+
+class TeacherTargets(NamedTuple):
+    """The teachers' targets for one batch, at the label resolution (h, w) = ``size``."""
+
+    size: tuple[int, int]
+    pixel_step: float  # input pixels per label pixel
+    rgb: torch.Tensor  # (B, 3, h, w) RGB 0..255
+    valid: torch.Tensor  # (B, h, w) bool: not padding
+    labels_a: torch.Tensor  # (B, h, w) teacher A's reliable CAM labels, 255 = ignore
+    target_b: torch.Tensor | None  # (B, h, w) hard labels, or (B, K, h, w) soft targets, of teacher B
 
 
 @dataclass(frozen=True)
@@ -268,26 +279,14 @@ class ASDTModule(L.LightningModule):
         masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """The full loss after the classifier warm-up, and its logged terms; ``cams``: (B, C, h, w) multi-scale."""
-        size = self.label_size(out)
-        refine_logits = self.at_label_size(out.refine_logits, size)
-        student_logits = self.at_label_size(out.student_logits, size)
-        pixel_step = images.shape[-1] / size[-1]
-        rgb = self.rgb_at(images, size)
-        valid_lr = self.valid_at(valid, size)
         w = self.loss_weights
-
-        with torch.no_grad():
-            cams = self.at_label_size(cams, size)
-            norm_cams = normalize_cams(cams, image_labels)
-            labels_a = reliable_cam_labels(
-                rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr
-            )
-            if w.supervision == "ground_truth":  # the upper bound: both heads learn the true masks
-                labels_a = self.masks_at(masks, size).masked_fill(~valid_lr, IGNORE_INDEX)
-            from_b = self.teacher_source == TEACHER_B and w.supervision == "pseudo"
-            if from_b:
-                refine_probs = torch.softmax(refine_logits.detach(), 1)
-                target_b = self._teacher_b_target(rgb, refine_probs, image_labels, pixel_step, valid_lr)
+        from_b = self.teacher_source == TEACHER_B and w.supervision == "pseudo"
+        t = self.teacher_targets(images, image_labels, valid, out, cams, with_teacher_b=from_b)
+        rgb, valid_lr, pixel_step, labels_a, target_b = t.rgb, t.valid, t.pixel_step, t.labels_a, t.target_b
+        if w.supervision == "ground_truth":  # the upper bound: both heads learn the true masks
+            labels_a = self.masks_at(masks, t.size).masked_fill(~valid_lr, IGNORE_INDEX)
+        refine_logits = self.at_label_size(out.refine_logits, t.size)
+        student_logits = self.at_label_size(out.student_logits, t.size)
 
         loss_refine_ce = balanced_cross_entropy(refine_logits, labels_a, self.has_background)
         kernel = self._pairwise_kernel(rgb, pixel_step, valid_lr)
@@ -317,6 +316,37 @@ class ASDTModule(L.LightningModule):
             "train/segmentation_ramp": ramp,
         }
         return loss, terms
+
+    @torch.no_grad()
+    def teacher_targets(
+        self,
+        images: torch.Tensor,
+        image_labels: torch.Tensor,
+        valid: torch.Tensor,
+        out: ASDTOutput,
+        cams: torch.Tensor,
+        with_teacher_b: bool = True,
+    ) -> TeacherTargets:
+        """What the two teachers teach on this batch, at the label resolution (``label_size``).
+
+        Args:
+            images: (B, 3, H, W) normalised; image_labels: (B, C); valid: (B, H, W) bool; out: ``self(images)``.
+            cams: (B, C, h, w) raw (multi-scale) CAMs, e.g. ``training_cams(images, out.cams)``.
+            with_teacher_b: also refine R's output into teacher B's target (steps where the student learns from B).
+        """
+        size = self.label_size(out)
+        pixel_step = images.shape[-1] / size[-1]
+        rgb = self.rgb_at(images, size)
+        valid_lr = self.valid_at(valid, size)
+        norm_cams = normalize_cams(self.at_label_size(cams, size), image_labels)
+        labels_a = reliable_cam_labels(
+            rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr
+        )
+        target_b = None
+        if with_teacher_b:
+            refine_probs = torch.softmax(self.at_label_size(out.refine_logits.detach(), size), 1)
+            target_b = self._teacher_b_target(rgb, refine_probs, image_labels, pixel_step, valid_lr)
+        return TeacherTargets(size, pixel_step, rgb, valid_lr, labels_a, target_b)
 
     def _teacher_b_target(self, rgb, refine_probs, image_labels, pixel_step, valid_lr) -> torch.Tensor:
         """Hard labels (B, h, w) or, for soft distillation, refined probabilities (B, K, h, w)."""
