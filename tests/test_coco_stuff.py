@@ -229,7 +229,7 @@ def test_training_runs_end_to_end_on_a_tiny_coco_stuff_root(tmp_path, monkeypatc
     bad = "COCO_train2014_000000000006"  # first of the test list: in the first validation batch
     (root / "images" / f"{bad}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     cfg = tiny_train_config(
-        tmp_path, root, "pwm.duty=0.5", "trainer.fast_dev_run=true", "dataset.on_bad_sample=skip", "tracking.panels=0"
+        tmp_path, root, "pwm.duty=0.5", "trainer.fast_dev_run=true", "dataset.on_bad_sample=skip", "tracking.panels=2"
     )
     assert cfg.dataset.has_background is False and cfg.dataset.val_list == "test"
     with pytest.warns(UserWarning, match=r"skipped 0 list entr\(ies\) and 1 unreadable sample.*000000000006"):
@@ -238,6 +238,9 @@ def test_training_runs_end_to_end_on_a_tiny_coco_stuff_root(tmp_path, monkeypatc
     assert len(per_class) == 171 and "background" not in per_class and next(iter(per_class)) == "person"
     assert set(metrics["miou"]) == {"cam", "refine", "student", "fused"}
     assert all(np.isfinite(v) for v in metrics["miou"].values())
+    # the fixed panel images skip the unreadable one (the first of the list) and take the next good one
+    panels = sorted((tmp_path / "out" / "panels").glob("val_step*.png"))
+    assert panels, "no image panel was written"
 
 
 def test_a_bad_image_stops_training_with_the_file_named(tmp_path, monkeypatch):

@@ -187,3 +187,13 @@ def test_fixed_indices_are_spread_and_stable():
     assert fixed_indices(100, 4) == [0, 33, 66, 99]
     assert fixed_indices(3, 8) == [0, 1, 2]
     assert fixed_indices(10, 0) == []
+
+
+def test_panel_samples_replace_skipped_ones_with_the_next_good_ones():
+    from asdt_lightning.data.dataset import BadSample
+    from asdt_lightning.lit.image_logging import good_samples
+
+    bad = {0, 1, 5}
+    dataset = [BadSample(i, f"s{i}", "unreadable") if i in bad else {"index": i} for i in range(6)]
+    assert [s["index"] for s in good_samples(dataset, [0, 2, 5])] == [2, 3, 4]
+    assert good_samples([BadSample(0, "s0", "unreadable")], [0]) == []

@@ -132,6 +132,22 @@ def fixed_indices(dataset_size: int, count: int) -> list[int]:
     return sorted(set(np.linspace(0, dataset_size - 1, count).round().astype(int).tolist()))
 
 
+def good_samples(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:
+    """The samples at ``indices``; one that ``on_bad_sample=skip`` skips is replaced by the next good one."""
+    samples, taken = [], set()
+    for start in indices:
+        for i in range(start, start + len(dataset)):
+            i %= len(dataset)
+            if i in taken:
+                continue
+            sample = dataset[i]
+            if isinstance(sample, dict):  # a BadSample otherwise
+                samples.append(sample)
+                taken.add(i)
+                break
+    return samples
+
+
 def write_png(path: str | Path, array: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 array as a PNG, atomically."""
     return atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
@@ -159,7 +175,7 @@ class ImagePanelLogger(L.Callback):
             dataset = getattr(loader, "dataset", None)
             if dataset is None:
                 return None
-            samples = [dataset[i] for i in fixed_indices(len(dataset), self.num_images)]
+            samples = good_samples(dataset, fixed_indices(len(dataset), self.num_images))
             self._batch = torch.utils.data.default_collate(samples) if samples else None
         return self._batch
 
