@@ -58,6 +58,16 @@ def test_unreadable_image_and_mask_of_another_size_raise_naming_the_file(voc):
         ds[2]
 
 
+def test_mask_value_outside_the_classes_is_named_not_passed_on(voc):
+    mask = np.zeros((24, 32), np.uint8)
+    mask[:4, :4] = 21  # VOC has labels 0..20 and 255
+    write_mask_png(voc / "SegmentationClass" / "d.png", mask)
+    ds = VOCSegmentation(voc, "val")
+    with pytest.raises(DatasetError, match=r"mask .*d\.png holds value\(s\) \[21\], but voc has labels 0\.\.20"):
+        ds[3]
+    assert VOCSegmentation(voc, "val", on_bad_sample="skip")[3].name == "d"  # a BadSample, skipped and counted
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_skipped_samples_leave_the_batch_and_are_counted(voc, workers):
     corrupt(voc)

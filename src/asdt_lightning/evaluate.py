@@ -170,7 +170,7 @@ def evaluate_folder(pred_dir: Path, dataset: InferenceImages, names_subset: Sequ
     for name in names:
         path = reader.mask_file(name)
         assert path is not None  # InferenceImages(require_masks=True) checked it
-        gt = reader.decode_mask(path)
+        gt = reader.read_label_map(path)
         pred = read_mask(pred_dir / f"{name}.png")
         if pred.shape != gt.shape:
             raise ASDTUserError(

@@ -166,6 +166,19 @@ class SegmentationReader(ABC):
     def decode_mask(self, path: Path) -> np.ndarray:
         """A label-map file -> (H, W) uint8 in the training label space."""
 
+    def read_label_map(self, path: Path) -> np.ndarray:
+        """:meth:`decode_mask`, then a DatasetError naming the file if a value is no label of this dataset."""
+        mask = self.decode_mask(path)
+        num_labels = self.num_classes + int(self.has_background)
+        bad = (mask >= num_labels) & (mask != IGNORE_INDEX)
+        if bad.any():
+            values = sorted(int(v) for v in np.unique(mask[bad]))[:5]
+            raise DatasetError(
+                f"mask {path} holds value(s) {values}, but {self.name} has labels 0..{num_labels - 1} and "
+                f"{IGNORE_INDEX} (ignore); fix that mask or the dataset's class_names"
+            )
+        return mask
+
     def list_hint(self, split: str) -> str:
         """What to say when a list file is missing."""
         return f" (set dataset.train_list / dataset.val_list to a list in {self.list_path(split).parent} or a path)"
@@ -236,7 +249,7 @@ class SegmentationReader(ABC):
         path = self.mask_file(name)
         if path is None:
             return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        mask = self.decode_mask(path)
+        mask = self.read_label_map(path)
         if mask.shape != image.shape[:2]:
             raise DatasetError(
                 f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
