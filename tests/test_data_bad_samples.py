@@ -1,5 +1,7 @@
 """Bad samples in both layouts: a DatasetError naming the file, or (on_bad_sample=skip) skipped and counted."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,10 @@ def test_skipped_samples_leave_the_batch_and_are_counted(voc, workers):
     assert batches[0]["mask"].shape == (1, 32, 32) and batches[0]["labels"].shape == (1, 20)
     with pytest.warns(DatasetWarning, match=r"skipped 0 list entr\(ies\) and 2 unreadable sample\(s\).*: b, c"):
         dm.teardown("fit")
+    [dm.on_before_batch_transfer(b, 0) for b in dm.val_dataloader()]  # validate after fit: the same two again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.teardown("validate")  # said once, not after every stage
 
 
 def test_a_batch_of_bad_samples_takes_the_next_good_one(voc):
@@ -130,3 +136,10 @@ def test_voc_test_split_reads_images_names_and_sizes_without_masks_or_labels(tmp
     assert batch["name"] == ["t1", "t2"] and batch["size"].tolist() == [[30, 20], [30, 20]]
     assert batch["image"].shape == (2, 3, 32, 32) and batch["valid"][0].sum() == 32 * 21  # 30x20 -> 32x21
     assert torch.equal(batch["index"], torch.tensor([0, 1]))
+
+
+def test_validation_list_with_an_image_without_a_mask_is_refused(voc):
+    (voc / "SegmentationClass" / "d.png").unlink()
+    dm = VOCDataModule(voc, VOC_CLASSES, train_list="train", val_list="val", crop_size=16, val_size=32)
+    with pytest.raises(DatasetError, match=r"1 of 4 images of 'val' have no ground-truth mask \(e\.g\. d\)"):
+        dm.setup("fit")

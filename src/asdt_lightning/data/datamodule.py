@@ -75,6 +75,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
         self.bad_samples: Counter[str] = Counter()  # name -> times skipped while loading
+        self._warned_for: tuple[frozenset[str], frozenset[str]] | None = None  # what teardown last warned of
 
     @property
     def root(self) -> Path:
@@ -105,6 +106,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self.train_set = self.dataset(self.train_list, self.train_transform)
         if self.val_set is None:
             self.val_set = self.dataset(self.val_list, self.val_transform)
+            self.reader.require_masks(self.val_list, self.val_set.names)  # else mIoU would silently skip images
 
     def dataset(self, split: str, transform: Any = None, targets: bool = True) -> SegmentationDataset:
         """A dataset of any list of the root (``targets=False``: images, names and sizes only, e.g. VOC test)."""
@@ -158,9 +160,15 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def teardown(self, stage: str) -> None:
+        """Warn what was skipped, once (fit then validate tear down twice; repeated only if more was skipped)."""
         summary = self.skipped_summary()
-        if summary is not None:
+        skipped = (
+            frozenset(n for ds in (self.train_set, self.val_set) if ds for n in ds.skipped),
+            frozenset(self.bad_samples),
+        )
+        if summary is not None and skipped != self._warned_for:
             warnings.warn(summary, DatasetWarning, 2)
+            self._warned_for = skipped
 
 
 class VOCDataModule(SegmentationDataModule):

@@ -179,6 +179,15 @@ class SegmentationReader(ABC):
             )
         return mask
 
+    def require_masks(self, split: str, names: Sequence[str]) -> None:
+        """A DatasetError when an entry of ``split`` has no label map (validation and evaluation need them all)."""
+        missing = [n for n in names if self.mask_file(n) is None]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} of {len(names)} images of '{split}' have no ground-truth mask (e.g. {missing[0]}); "
+                "validate and evaluate on a list with masks (e.g. val), or add the missing masks"
+            )
+
     def list_hint(self, split: str) -> str:
         """What to say when a list file is missing."""
         return f" (set dataset.train_list / dataset.val_list to a list in {self.list_path(split).parent} or a path)"

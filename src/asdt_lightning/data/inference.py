@@ -55,12 +55,7 @@ class InferenceImages(Dataset):
         self.names = list(entries.names)
         self.image_labels = entries.labels or [[] for _ in self.names]
         if require_masks:
-            missing = [n for n in self.names if reader.mask_file(n) is None]
-            if missing:
-                raise DatasetError(
-                    f"{len(missing)} of {len(self.names)} images of '{split}' have no ground-truth mask "
-                    f"(e.g. {missing[0]}); evaluate a list with masks (e.g. val)"
-                )
+            reader.require_masks(split, self.names)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
 
