@@ -193,3 +193,78 @@ def test_multiscale_flip_changes_nothing_for_a_symmetric_model_input(ckpt, tmp_p
     multi = tta_outputs(predict, images, (1.0, 0.5), True)
     assert multi["refine"].shape == plain["refine"].shape
     assert torch.allclose(multi["cam"].flatten(2).amax(2), torch.ones(2, 1))  # CAMs re-normalised to peak 1
+
+
+def compose_voc(*overrides):
+    """The pseudo_labels config with dataset=voc (no synthetic-only overrides)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        return OmegaConf.to_container(compose("pseudo_labels", overrides=["dataset=voc", *overrides]), resolve=True)
+
+
+def voc_test_root(tmp_path, sizes):
+    """A VOC root whose ``test`` list has images only (no Annotations/, no masks), of the given (H, W) sizes."""
+    from PIL import Image as PILImage
+
+    from data_roots import make_voc
+
+    names = [f"t{i}" for i in range(len(sizes))]
+    root = make_voc(tmp_path, {n: [] for n in names}, lists={"test": names})
+    for i, (name, (h, w)) in enumerate(zip(names, sizes, strict=True)):
+        rng = np.random.default_rng(i)
+        PILImage.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+    for sub in ("Annotations", "SegmentationClass"):
+        for f in (root / sub).iterdir():
+            f.unlink()
+        (root / sub).rmdir()
+    return root, names
+
+
+def test_voc_test_split_is_exported_with_image_labels_the_classifier_predicts(tmp_path, monkeypatch):
+    from asdt_lightning.data.voc import VOC_CLASSES
+
+    monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
+    root, names = voc_test_root(tmp_path, [(30, 40), (36, 28), (30, 40)])
+    voc_ckpt = save_asdt_checkpoint(tmp_path / "voc_run" / "checkpoints" / "last.ckpt", class_names=VOC_CLASSES)
+    data = [f"dataset.root={root}", "split=test", "num_workers=0", "progress=false"]
+    cfg = compose_voc(f"ckpt={voc_ckpt}", f"out={tmp_path / 'test_masks'}", *data)
+    summary = pl.run_export(cfg)
+    assert summary["written"] == 3
+    for name, size in zip(names, [(30, 40), (36, 28), (30, 40)], strict=True):
+        mask = read_mask(tmp_path / "test_masks" / f"{name}.png")
+        assert mask.shape == size
+        assert set(np.unique(mask)) - {0, 255}, "at least one predicted class appears"
+    manifest = (tmp_path / "test_masks" / "export.json").read_text()
+    assert "predicted_image_labels_threshold" in manifest
+    with pytest.raises(ASDTUserError, match="label_threshold"):
+        pl.run_export({**cfg, "label_threshold": 1.5})
+
+
+def test_predicted_image_labels_keep_at_least_the_top_class():
+    from types import SimpleNamespace
+
+    from asdt_lightning.lit.inference import predicted_image_labels
+
+    logits = torch.tensor([[3.0, -2.0, 0.5], [-4.0, -1.0, -3.0]])
+    module = SimpleNamespace(net=lambda images: SimpleNamespace(class_logits=logits))
+    labels = predicted_image_labels(module, torch.zeros(2, 3, 4, 4), threshold=0.5)
+    assert labels.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+
+
+def test_masks_do_not_depend_on_the_batch_size_when_image_sizes_differ(tmp_path, monkeypatch):
+    """Images are batched with images of their own size only: nothing is padded into another image's input."""
+    from asdt_lightning.data.inference import same_size_batches
+    from asdt_lightning.data.voc import VOC_CLASSES
+
+    assert same_size_batches([(2, 3), (4, 4), (2, 3), (2, 3), (4, 4)], 2) == [[0, 2], [1, 4], [3]]
+    monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
+    root, _ = voc_test_root(tmp_path, [(30, 40), (64, 48), (30, 40), (20, 20), (64, 48)])
+    voc_ckpt = save_asdt_checkpoint(tmp_path / "voc_run" / "checkpoints" / "last.ckpt", class_names=VOC_CLASSES)
+    data = [f"dataset.root={root}", "split=test", "num_workers=0", "progress=false"]
+    for batch_size in (1, 4):
+        pl.run_export(
+            compose_voc(f"ckpt={voc_ckpt}", f"out={tmp_path / f'b{batch_size}'}", *data, f"batch_size={batch_size}")
+        )
+    assert digests(tmp_path / "b1") == digests(tmp_path / "b4") and len(digests(tmp_path / "b1")) == 5

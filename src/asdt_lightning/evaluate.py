@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .constants import IGNORE_INDEX
-from .data.inference import InferenceImages, pad_collate, reader_for
+from .data.inference import InferenceImages, pad_collate, reader_for, same_size_batches
 from .data.voc import read_mask
 from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write, atomic_write_text
@@ -108,7 +108,11 @@ def evaluate_model(
     acc = {(b, c): Accumulator(k) for b in branches for c in crfs}
     sweep_cam = "cam" in branches and has_background and params.cam_threshold is None
     sweep = [Accumulator(k) for _ in cam_thresholds] if sweep_cam else []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=pad_collate)
+    sizes = base.image_sizes()
+    if isinstance(dataset, Subset):
+        sizes = [sizes[i] for i in dataset.indices]
+    batches = same_size_batches(sizes, batch_size)  # no padding: scores do not depend on the batch_size
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=pad_collate)
 
     def run(jobs: Sequence[tuple[str, str]], cam_threshold: float | None, sweep_now: bool, desc: str) -> None:
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):

@@ -29,11 +29,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .config import plain_config
-from .data.inference import InferenceImages, pad_collate, reader_for
+from .data.inference import InferenceImages, pad_collate, reader_for, same_size_batches
 from .data.voc import write_mask_png
 from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write, atomic_write_text
-from .lit.inference import InferenceParams, crf_params_from, label_maps, load_model, model_outputs, resolve_device
+from .lit.inference import (
+    InferenceParams,
+    crf_params_from,
+    label_maps,
+    load_model,
+    model_outputs,
+    predicted_image_labels,
+    resolve_device,
+)
 from .method.dense_crf import check_crf
 
 MANIFEST = "export.json"
@@ -107,11 +115,12 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
-def fixed_batches(names: Sequence[str], batch_size: int, done: set[str]) -> list[list[int]]:
-    """Chunks of the full list (always the same ones, so a resumed export predicts each image in the same batch
-    as an uninterrupted one), without the chunks whose images are all done."""
-    chunks = [list(range(i, min(i + batch_size, len(names)))) for i in range(0, len(names), batch_size)]
-    return [c for c in chunks if any(names[i] not in done for i in c)]
+def fixed_batches(
+    names: Sequence[str], sizes: Sequence[tuple[int, int]], batch_size: int, done: set[str]
+) -> list[list[int]]:
+    """Same-size batches of the full list (always the same ones, so a resumed export predicts each image as an
+    uninterrupted one does), without the batches whose images are all done."""
+    return [c for c in same_size_batches(sizes, batch_size) if any(names[i] not in done for i in c)]
 
 
 def export_pseudo_masks(
@@ -125,8 +134,12 @@ def export_pseudo_masks(
     num_workers: int = 0,
     save_confidence: bool = False,
     progress: bool = True,
+    label_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Predict and write the masks of every image of ``dataset`` not yet in ``out``; returns counts and timing."""
+    """Predict and write the masks of every image of ``dataset`` not yet in ``out``; returns counts and timing.
+
+    Images without image labels (``dataset.labels_known`` False) take the classes the CAM branch predicts with a
+    sigmoid score above ``label_threshold`` (at least the top one)."""
     out.mkdir(parents=True, exist_ok=True)
     conf_dir = out / "confidence"
     removed = remove_stale_temporaries(out) + (remove_stale_temporaries(conf_dir) if conf_dir.is_dir() else 0)
@@ -138,7 +151,7 @@ def export_pseudo_masks(
 
     names = dataset.names
     done = {n for n in names if is_done(n)}
-    batches = fixed_batches(names, batch_size, done)
+    batches = fixed_batches(names, dataset.image_sizes(), batch_size, done)
     todo = sum(1 for c in batches for i in c if names[i] not in done)
     loader = DataLoader(
         dataset,
@@ -154,6 +167,9 @@ def export_pseudo_masks(
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["labels"].to(device)
+            if not dataset.labels_known and hasattr(module, "branch_probabilities"):
+                # e.g. VOC test: the ASDT classifier says which classes each image holds
+                labels = predicted_image_labels(module, images, label_threshold)
             outputs = model_outputs(module, images, labels, params.scales, params.flip)
             masks, conf = label_maps(outputs, batch["rgb"].to(device), labels, batch["size"], params, has_background)
             masks, conf = masks.cpu().numpy(), conf.cpu().numpy()
@@ -217,6 +233,8 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     check_crf(params.crf)
     if params.branch == "cam" and params.cam_threshold is None and cfg["dataset"]["has_background"]:
         raise ASDTUserError(f"branch=cam needs cam_threshold= (no metrics.json beside {ckpt.parent} to take it from)")
+    if not 0 < float(cfg["label_threshold"]) < 1:
+        raise ASDTUserError(f"label_threshold must lie in (0, 1), got {cfg['label_threshold']}")
     if int(cfg["batch_size"]) < 1:
         raise ASDTUserError(f"batch_size must be >= 1, got {cfg['batch_size']}")
     device = resolve_device(cfg["device"])
@@ -235,6 +253,8 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
         "save_confidence": bool(cfg["save_confidence"]),
         "batch_size": int(cfg["batch_size"]),
     }
+    if not dataset.labels_known:
+        manifest["predicted_image_labels_threshold"] = float(cfg["label_threshold"])
     check_manifest(out, manifest)
     print(f"exporting {len(dataset)} pseudo masks of '{split}' to {out} ({params.branch}, crf={params.crf})")
     summary = export_pseudo_masks(
@@ -248,6 +268,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
         num_workers=int(cfg["num_workers"]),
         save_confidence=bool(cfg["save_confidence"]),
         progress=bool(cfg.get("progress", True)),
+        label_threshold=float(cfg["label_threshold"]),
     )
     summary["out"] = str(out)
     rate = f", {summary['images_per_second']} images/s" if summary["images_per_second"] else ""

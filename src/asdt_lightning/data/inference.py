@@ -7,10 +7,12 @@ image's own resolution and written or scored at that size.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX
@@ -37,7 +39,9 @@ class InferenceImages(Dataset):
 
     ``__getitem__`` returns a dict: ``image`` (3, H, W) float32 normalised, ``rgb`` (3, H, W) uint8, ``size``
     (H, W), ``labels`` (C,) float32 multi-hot image labels, ``mask`` (H, W) int64 ground truth in the label space
-    (all 255 where the image has none), ``name`` and ``index``.
+    (all 255 where the image has none), ``name`` and ``index``. A list the reader holds as images only (VOC
+    ``test``: no annotations, no masks) has no image labels (``labels_known`` False; ``labels`` all 0): a model
+    must predict them (see ``pseudo_labels``).
     """
 
     def __init__(
@@ -48,8 +52,11 @@ class InferenceImages(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         require_masks: bool = False,
     ) -> None:
-        reader.check([split], masks_required=[split] if require_masks else [])
-        entries = reader.entries(split, targets=True)
+        self.labels_known = Path(split).stem not in reader.image_only_lists
+        if require_masks and not self.labels_known:
+            raise DatasetError(f"'{split}' holds images only (no masks) in {reader.name}; evaluate a list with masks")
+        reader.check([split], masks_required=[split] if require_masks else [], targets=self.labels_known)
+        entries = reader.entries(split, targets=self.labels_known)
         self.reader = reader
         self.split = split
         self.names = list(entries.names)
@@ -70,9 +77,22 @@ class InferenceImages(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of every image, from the file headers (no decoding)."""
+        sizes = []
+        for name in self.names:
+            path = self.reader.image_path(name)
+            try:
+                with Image.open(path) as im:
+                    sizes.append((im.height, im.width))
+            except OSError as err:
+                raise DatasetError(f"cannot read image {path}: {err}; fix or remove that file") from None
+        return sizes
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.reader.read_sample(self.names[index], targets=True)
-        assert mask is not None
+        image, mask = self.reader.read_sample(self.names[index], targets=self.labels_known)
+        if mask is None:
+            mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         rgb = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         labels = torch.zeros(self.reader.num_classes, dtype=torch.float32)
         labels[self.image_labels[index]] = 1.0
@@ -85,6 +105,19 @@ class InferenceImages(Dataset):
             "name": self.names[index],
             "index": index,
         }
+
+
+def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Batches of indices whose images share one size, in list order within each size.
+
+    A prediction then never depends on the other images of its batch (no padding reaches the network or the
+    CAM normalisation), and the batches depend only on the list, so a resumed export repeats them exactly.
+    """
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(i)
+    batches = [g[j : j + batch_size] for g in by_size.values() for j in range(0, len(g), batch_size)]
+    return sorted(batches, key=lambda b: b[0])
 
 
 def pad_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

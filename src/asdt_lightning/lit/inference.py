@@ -178,6 +178,16 @@ def model_outputs(
     return tta_outputs(predict, images, scales, flip)
 
 
+@torch.no_grad()
+def predicted_image_labels(module: L.LightningModule, images: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(B, C) multi-hot image labels from an ASDT classifier: sigmoid score above ``threshold``, and at least the
+    top class (every image holds one); for lists without annotations (VOC test). (B, 3, H, W) images."""
+    logits = module.net(images).class_logits.float()
+    labels = (torch.sigmoid(logits) > threshold).float()
+    labels[torch.arange(len(labels), device=labels.device), logits.argmax(1)] = 1.0
+    return labels
+
+
 def crf_per_image_group(
     method: str,
     rgb: torch.Tensor,
