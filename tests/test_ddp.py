@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -55,3 +56,11 @@ def test_ddp_and_slurm_launcher_configs_compose():
     assert slurm.hydra.launcher.tasks_per_node == 4 and slurm.hydra.launcher.gpus_per_node == 4
     assert slurm.hydra.launcher.nodes == 2
     assert plain.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+
+
+def test_slurm_launcher_refuses_all_gpus_as_a_job_size():
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        slurm = compose("train", overrides=["trainer=ddp", "hydra/launcher=slurm"], return_hydra_config=True)
+    assert slurm.trainer.devices == -1  # trainer=ddp's default: every visible GPU
+    with pytest.raises(Exception, match=r"trainer\.devices=-1, but hydra/launcher=slurm sizes each job"):
+        _ = slurm.hydra.launcher.tasks_per_node

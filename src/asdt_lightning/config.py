@@ -25,3 +25,17 @@ def plain_config(cfg: DictConfig, required: Mapping[str, str] | None = None) -> 
     """The resolved config as a plain dict, after ``require_values``."""
     require_values(cfg, required or {})
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def job_size(value: Any, key: str) -> int:
+    """``${asdt.job_size:${trainer.devices},trainer.devices}``: a positive count for sizing a cluster job."""
+    count = int(value)
+    if count < 1:
+        raise ValueError(
+            f"{key}={value}, but hydra/launcher=slurm sizes each job's tasks and GPUs from it: "
+            f"set {key} to the number per node explicitly (e.g. {key}=4)"
+        )
+    return count
+
+
+OmegaConf.register_new_resolver("asdt.job_size", job_size, replace=True)
