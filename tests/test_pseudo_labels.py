@@ -178,8 +178,8 @@ def test_dense_crf_needs_the_extra_or_runs(ckpt, tmp_path, monkeypatch):
         export(ckpt, tmp_path / "masks2", "crf=dense")
 
 
-def test_multiscale_flip_changes_nothing_for_a_symmetric_model_input(ckpt, tmp_path):
-    """Flip TTA of a horizontally symmetric batch equals the plain pass (the flip is undone correctly)."""
+def test_flip_tta_of_a_pixelwise_model_equals_the_plain_pass():
+    """A pixel-wise model commutes with flips, so flip TTA equals the plain pass only if the flip is undone."""
     from asdt_lightning.method.fusion import tta_outputs
 
     def predict(x):

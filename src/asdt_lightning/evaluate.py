@@ -36,12 +36,10 @@ from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write, atomic_write_text
 from .lit.inference import (
     InferenceParams,
-    checkpoint_kind,
     crf_params_from,
     label_maps,
     load_model,
     model_outputs,
-    read_checkpoint,
     resolve_device,
 )
 from .method.dense_crf import CRF_CHOICES, check_crf
@@ -319,8 +317,8 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
             cam_threshold=None if cfg.get("cam_threshold") is None else float(cfg["cam_threshold"]),
         )
         device = resolve_device(cfg.get("device", "auto"))
-        kind = checkpoint_kind(read_checkpoint(ckpt))
         module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
+        kind = "asdt" if hasattr(module, "branch_probabilities") else "segmenter"  # as checkpoint_kind said
         subset = Subset(dataset, range(min(int(limit), len(dataset)))) if limit else dataset
         report.update(checkpoint=str(ckpt), kind=kind, params={"scales": list(params.scales), "flip": params.flip})
         report.update(
