@@ -134,7 +134,7 @@ def full_affinity(
     # [f_i, -|f_i|^2/2, 1] . [f_j, 1, -|f_j|^2/2] = -|f_i - f_j|^2 / 2, every pair in one product
     logk = torch.bmm(torch.cat([feats, half_sq, ones], 2), torch.cat([feats, ones, half_sq], 2).transpose(1, 2))
     logk.diagonal(dim1=1, dim2=2).fill_(-math.inf)  # no self-interaction
-    # exp(floor) - exp(floor) is exactly 0; the smallest non-zero weight is about e^-40 / N: never subnormal
+    # weights at the floor become exp(floor) - exp(floor) = 0 (to a float32 ulp, ~1e-25): none is subnormal
     k = logk.clamp_(_FULL_LOG_FLOOR, 0.0).exp_().sub_(math.exp(_FULL_LOG_FLOOR))
     if valid is not None:
         v = valid.flatten(1).to(k.dtype)
