@@ -127,6 +127,19 @@ def test_full_affinity_matches_a_brute_force_reference():
         assert torch.allclose(got, expected, atol=1e-6), (sxy, srgb)
 
 
+def test_full_affinity_is_exact_even_when_float32_matmuls_may_be_reduced_precision():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 4, 5) * 255
+    expected = brute_force_kernel(image, 83.0, 5.0, 2.0).float()
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # what many Lightning users set on GPUs (TF32 / bf16 matmuls)
+    try:
+        assert torch.allclose(full_affinity(image, 83.0, 5.0, 2.0), expected, atol=1e-6)
+        assert torch.get_float32_matmul_precision() == "medium"  # restored after the kernel
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_full_affinity_ignores_invalid_pixels_and_refuses_huge_grids():
     image = two_colour_image(6, 6)
     valid = torch.ones(1, 6, 6, dtype=torch.bool)

@@ -17,7 +17,9 @@ can make, and a pixel unlike all its neighbours receives almost nothing and keep
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +102,20 @@ def local_affinity(
     return k.masked_fill_(k < _WEIGHT_FLOOR, 0.0)  # negligible weights would make subnormal messages
 
 
+@contextlib.contextmanager
+def full_fp32_matmul() -> Iterator[None]:
+    """Float32 matmuls at full precision inside, whatever ``torch.set_float32_matmul_precision`` says outside."""
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def full_affinity(
     image: torch.Tensor,
     sxy: float,
@@ -132,7 +148,8 @@ def full_affinity(
     half_sq = feats.pow(2).sum(2, keepdim=True) * -0.5
     ones = torch.ones_like(half_sq)
     # [f_i, -|f_i|^2/2, 1] . [f_j, 1, -|f_j|^2/2] = -|f_i - f_j|^2 / 2, every pair in one product
-    logk = torch.bmm(torch.cat([feats, half_sq, ones], 2), torch.cat([feats, ones, half_sq], 2).transpose(1, 2))
+    with full_fp32_matmul():  # TF32 / bf16 matmuls would put errors of ~1 into these exponents
+        logk = torch.bmm(torch.cat([feats, half_sq, ones], 2), torch.cat([feats, ones, half_sq], 2).transpose(1, 2))
     logk.diagonal(dim1=1, dim2=2).fill_(-math.inf)  # no self-interaction
     # weights at the floor become exp(floor) - exp(floor) = 0 (to a float32 ulp, ~1e-25): none is subnormal
     k = logk.clamp_(_FULL_LOG_FLOOR, 0.0).exp_().sub_(math.exp(_FULL_LOG_FLOOR))
