@@ -81,3 +81,25 @@ def test_run_all_header_and_jobs():
     assert "under load" in text and "make bench" in text
     titles = [t for t, _ in run_all.jobs(quick=False)]
     assert any("GPU" in t for t in titles) and any("CPU" in t for t in titles)
+
+
+def test_teacher_label_quality_table_scores_every_crf(tmp_path):
+    from benchmarks import teacher_labels
+    from omegaconf import OmegaConf
+
+    from wsss_helpers import compose_plain, save_asdt_checkpoint
+
+    ckpt = save_asdt_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    data = compose_plain("pseudo_labels", "ckpt=unused", "dataset.val_size=48")["dataset"]  # the run's dataset
+    (tmp_path / "run" / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"dataset": data})))
+    result = teacher_labels.main(
+        ["--ckpt", str(ckpt), "--images", "4", "--grids", "1", "--no-dense", "--md", str(tmp_path / "t.md")]
+    )
+    assert [r["crf"].split(",")[0] for r in result["rows"]] == [
+        "none (CAM thresholds only)",
+        "local",
+        "fully connected",
+    ]
+    for row in result["rows"]:
+        assert 0 <= row["fg_precision"] <= 1 and 0 <= row["fg_recall"] <= 1 and 0 <= row["labelled"] <= 1
+    assert result["images"] == 4 and "fg precision" in (tmp_path / "t.md").read_text()

@@ -1,0 +1,177 @@
+"""How good teacher A's reliable labels are with each CRF: precision and recall of its labels against the truth.
+
+From one checkpoint's (multi-scale) CAMs on training images at the validation transform, the reliable labels of
+``reliable_cam_labels`` are computed with no CRF, the local-window CRF and the fully connected CRF at several label
+grids (and the exact dense CRF when ``pydensecrf2`` is installed), and scored against the ground-truth masks:
+
+- fg precision: labelled foreground pixels whose class is right; fg recall: foreground pixels labelled right;
+- fg on background: labelled foreground pixels that are background in truth; labelled: pixels not ignored.
+
+    python -m benchmarks.teacher_labels --ckpt outputs/<run>/checkpoints/last.ckpt [--images 160] [--md out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from asdt_lightning.constants import IGNORE_INDEX
+from asdt_lightning.data.registry import build_datamodule
+from asdt_lightning.lit.inference import load_model
+from asdt_lightning.method import cam as cam_method
+from asdt_lightning.method.cam import TeacherAParams, normalize_cams, reliable_cam_labels
+from benchmarks._common import machine_info, md_table, shown_args
+
+
+def label_scores(labels: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """Pixel counts (B, h, w) labels vs (B, H, W) truth at the labels' size: [fg right, fg labelled, fg truth,
+    fg labelled on background, labelled, valid]."""
+    truth = F.interpolate(masks[:, None].float(), labels.shape[-2:], mode="nearest")[:, 0].long()
+    valid = truth != IGNORE_INDEX
+    labelled = (labels != IGNORE_INDEX) & valid
+    fg_labelled = labelled & (labels > 0)
+    counts = [
+        (fg_labelled & (labels == truth)).sum(),
+        fg_labelled.sum(),
+        (valid & (truth > 0)).sum(),
+        (fg_labelled & (truth == 0)).sum(),
+        labelled.sum(),
+        valid.sum(),
+    ]
+    return np.array([int(c) for c in counts], dtype=np.int64)
+
+
+def dense_crf_patch() -> Any:
+    """A stand-in for ``mean_field`` that runs the exact dense CRF (pydensecrf2) per image, or None without it."""
+    try:
+        from asdt_lightning.method.dense_crf import dense_crf_single, load_pydensecrf
+
+        load_pydensecrf()
+    except Exception:
+        return None
+
+    def mean_field(probs, kernel, params, allowed=None, method=None):  # kernel: (rgb, pixel_step) here
+        rgb, step = kernel
+        sxy = {"gaussian_sxy": params.gaussian_sxy / step, "bilateral_sxy": params.bilateral_sxy / step}
+        scaled = dataclasses.replace(params, **sxy)  # pydensecrf counts in label pixels
+        out = torch.zeros_like(probs)
+        for i in range(probs.shape[0]):
+            p = probs[i] * allowed[i][:, None, None] if allowed is not None else probs[i]
+            p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
+            image = rgb[i].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+            q = torch.from_numpy(dense_crf_single(np.ascontiguousarray(image), p.numpy(), scaled))
+            out[i] = q * allowed[i][:, None, None] if allowed is not None else q
+        return out
+
+    def crf_kernel(image, params, pixel_step=1.0):
+        return image, pixel_step
+
+    return mean_field, crf_kernel
+
+
+def variants(base: TeacherAParams, grids: list[int], dense: bool) -> list[tuple[str, int, TeacherAParams, bool]]:
+    """(name, label-grid multiple of the logits, params, exact dense CRF) for every configuration compared."""
+    crf = base.crf
+    out = []
+    for up in grids:
+        no_crf = dataclasses.replace(base, crf=dataclasses.replace(crf, iterations=0))
+        out.append(("none (CAM thresholds only)", up, no_crf, False))
+        local = dataclasses.replace(crf, connectivity="local")
+        out.append((f"local, {crf.window}x{crf.window} window", up, dataclasses.replace(base, crf=local), False))
+        full = dataclasses.replace(crf, connectivity="full")
+        out.append(("fully connected", up, dataclasses.replace(base, crf=full), False))
+        if dense:
+            out.append(("exact dense CRF (pydensecrf2)", up, base, True))
+    return out
+
+
+@torch.no_grad()
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    run_dir = Path(args.ckpt).parents[1]
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml"), resolve=True)
+    data = cfg["dataset"]  # type: ignore[index]
+    datamodule = build_datamodule(data, 0)
+    cpu = torch.device("cpu")
+    module = load_model(args.ckpt, datamodule.class_names, datamodule.has_background, data["name"], cpu)
+    dataset = datamodule.dataset(data["train_list"], datamodule.val_transform)
+    batch_size = min(16, args.images)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    batches = list(itertools.islice(loader, -(-args.images // batch_size)))
+    dense = dense_crf_patch() if not args.no_dense else None
+    rows = []
+    for name, up, params, exact in variants(module.teacher_a, args.grids, dense is not None):
+        counts = np.zeros(6, dtype=np.int64)
+        for batch in batches:
+            images, image_labels = batch["image"], batch["labels"]
+            out = module.net(images)
+            h, w = out.refine_logits.shape[-2:]
+            size = (h * up, w * up)
+            cams = F.interpolate(module.training_cams(images, out.cams).float(), size, mode="bilinear")
+            norm = normalize_cams(cams, image_labels)
+            rgb = module.rgb_at(images, size)
+            valid = module.valid_at(batch["valid"], size)
+            saved = cam_method.mean_field, cam_method.crf_kernel
+            if exact:
+                cam_method.mean_field, cam_method.crf_kernel = dense
+            try:
+                labels = reliable_cam_labels(
+                    rgb, norm, image_labels, params, module.has_background, images.shape[-1] / size[-1], valid
+                )
+            finally:
+                cam_method.mean_field, cam_method.crf_kernel = saved
+            counts += label_scores(labels, batch["mask"])
+        right, fg_labelled, fg_truth, on_bg, labelled, valid_px = counts.tolist()
+        rows.append(
+            {
+                "crf": name,
+                "grid": f"{size[0]}x{size[1]}",
+                "fg_precision": right / max(fg_labelled, 1),
+                "fg_recall": right / max(fg_truth, 1),
+                "fg_on_background": on_bg / max(fg_labelled, 1),
+                "labelled": labelled / max(valid_px, 1),
+            }
+        )
+        print(rows[-1], flush=True)
+    images = sum(len(b["name"]) for b in batches)
+    return {"machine": machine_info(), "command": args.command, "ckpt": str(args.ckpt), "images": images, "rows": rows}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    keys = ("fg_precision", "fg_recall", "fg_on_background", "labelled")
+    rows = [[r["crf"], r["grid"], *(f"{100 * r[k]:.1f}%" for k in keys)] for r in result["rows"]]
+    header = ["teacher A's CRF", "label grid", "fg precision", "fg recall", "fg labels on background", "labelled"]
+    return (
+        "### Teacher A's labels per CRF\n\n"
+        f"Command: `{result['command']}`\n\nCheckpoint `{result['ckpt']}`, {result['images']} training images "
+        "(validation transform).\n\n" + md_table(header, rows) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", type=Path, required=True, help="an ASDT checkpoint (its run folder has the config)")
+    p.add_argument("--images", type=int, default=160, help="training images scored (in batches of 16)")
+    p.add_argument("--grids", type=int, nargs="+", default=[1, 2, 8], help="label grid, multiples of the logits")
+    p.add_argument("--no-dense", action="store_true", help="skip the exact dense CRF even if pydensecrf2 is here")
+    p.add_argument("--md", type=Path, default=None)
+    args = p.parse_args(argv)
+    args.command = "python -m benchmarks.teacher_labels " + shown_args(sys.argv[1:] if argv is None else argv)
+    result = run(args)
+    text = markdown(result)
+    if args.md:
+        args.md.write_text(text)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
