@@ -11,6 +11,7 @@ meadow, night sky: the scene of the first object's class with probability ``cont
 of no class, some body-like, some in part colours. The root is in VOC layout (see :func:`write_heldout_voc`).
 
     python -m benchmarks.heldout_dataset --root DIR [--seed N]
+    python -m benchmarks.heldout_dataset --root outputs/heldout_root --check --seeds 0   # + train and tabulate
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import colorsys
 import dataclasses
 import json
 import math
+import shlex
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -611,13 +613,36 @@ def write_heldout_voc(root: str | Path, spec: HeldoutSpec | None = None) -> Path
     return root
 
 
+def train_overrides(root: str | Path) -> list[str]:
+    """Hydra overrides that train the package on a held-out root with the synthetic default's data settings
+    (crop, batch, scale range, workers): only the dataset changes, the model config stays the default."""
+    return [
+        "dataset=voc",
+        f"dataset.root={root}",
+        "dataset.train_list=train",
+        "dataset.val_list=val",
+        f"dataset.class_names=[{','.join(HELDOUT_CLASSES)}]",
+        "dataset.crop_size=128",
+        "dataset.val_size=128",
+        "dataset.scale_range=[0.8,1.2]",
+        "dataset.batch_size=8",
+        "dataset.val_batch_size=16",
+        "dataset.num_workers=1",
+        "dataset.pin_memory=false",
+    ]
+
+
 def train_command(root: str | Path) -> str:
     """The command that trains the package on a held-out root."""
-    classes = ",".join(HELDOUT_CLASSES)
-    return (
-        f"python -m asdt_lightning.train dataset=voc dataset.root={root} dataset.train_list=train "
-        f"dataset.val_list=val 'dataset.class_names=[{classes}]' dataset.crop_size=128 dataset.val_size=128"
-    )
+    return "python -m asdt_lightning.train " + " ".join(shlex.quote(o) for o in train_overrides(root))
+
+
+def quality_args(root: str | Path, out: str | Path = "outputs/quality_heldout") -> list[str]:
+    """``python -m benchmarks.quality`` arguments of the held-out check: ASDT at the default duty and the
+    supervised upper bound, on the held-out root."""
+    only = ["--only", "ASDT duty 1/2", "--only", "fully supervised (upper bound)"]
+    title = "Held-out dataset: the default configuration on data it was not tuned on"
+    return ["--out", str(out), "--title", title, *only, *(f"--override={o}" for o in train_overrides(root))]
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -626,12 +651,23 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=HeldoutSpec.seed)
     parser.add_argument("--num-train", type=int, default=HeldoutSpec.num_train)
     parser.add_argument("--num-val", type=int, default=HeldoutSpec.num_val)
+    parser.add_argument("--check", action="store_true", help="then train and tabulate the held-out check")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of the check")
+    parser.add_argument("--gather-only", action="store_true", help="the check: only gather finished runs")
+    parser.add_argument("--md", default=None, help="the check's markdown table")
+    parser.add_argument("--out", default="outputs/quality_heldout", help="the check's run folders")
     args = parser.parse_args(argv)
     spec = HeldoutSpec(num_train=args.num_train, num_val=args.num_val, seed=args.seed)
-    root = write_heldout_voc(args.root, spec)
-    print(f"wrote {spec.total} images ({spec.num_train} train, {spec.num_val} val) to {root}")
-    print("train on it with:")
-    print(train_command(root))
+    root = Path(args.root) if args.gather_only else write_heldout_voc(args.root, spec)
+    if not args.gather_only:
+        print(f"wrote {spec.total} images ({spec.num_train} train, {spec.num_val} val) to {root}")
+        print("train on it with:")
+        print(train_command(root))
+    if args.check:
+        from benchmarks import quality
+
+        extra = ["--seeds", *map(str, args.seeds), *(["--gather-only"] if args.gather_only else [])]
+        quality.main([*quality_args(root, args.out), *extra, *(["--md", args.md] if args.md else [])])
     return root
 
 

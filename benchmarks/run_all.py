@@ -1,7 +1,9 @@
 """Run every benchmark and write ``benchmarks/RESULTS.md`` (atomically): ``make bench``.
 
 Each benchmark runs in its own process with the exact command recorded beside its figures. The quality table is
-not trained here (hours on a CPU): its finished runs are gathered if any (``python -m benchmarks.quality``).
+not trained here (hours on a CPU): its finished runs are gathered if any (``python -m benchmarks.quality``), and
+so are the held-out check's (``python -m benchmarks.heldout_dataset --root outputs/heldout_root --check``); the
+teacher-label table scores the quality run's default checkpoint (seed 0) when it exists.
 
     python -m benchmarks.run_all                     # the full set, ~5-8 minutes on a 2-core CPU
     python -m benchmarks.run_all --quick --out /tmp/RESULTS.md     # seconds: checks the scripts only
@@ -46,6 +48,12 @@ def jobs(quick: bool) -> list[tuple[str, list[str]]]:
         out.append(("Data loading throughput", ["benchmarks/data_throughput.py"]))
     if (ROOT / "outputs" / "quality").is_dir():
         out.append(("Quality", ["-m", "benchmarks.quality", "--gather-only", "--out", "outputs/quality"]))
+    if (ROOT / "outputs" / "quality_heldout").is_dir():  # python -m benchmarks.heldout_dataset ... --check
+        check = ["--root", "outputs/heldout_root", "--check", "--gather-only", "--seeds", "0", "1", "2"]
+        out.append(("Held-out dataset", ["-m", "benchmarks.heldout_dataset", *check]))
+    ckpt = ROOT / "outputs" / "quality" / "asdt_duty_1_2" / "seed0" / "checkpoints" / "last.ckpt"
+    if ckpt.is_file():
+        out.append(("Teacher A's labels", ["-m", "benchmarks.teacher_labels", "--ckpt", str(ckpt.relative_to(ROOT))]))
     return out
 
 

@@ -103,3 +103,17 @@ def test_teacher_label_quality_table_scores_every_crf(tmp_path):
     for row in result["rows"]:
         assert 0 <= row["fg_precision"] <= 1 and 0 <= row["fg_recall"] <= 1 and 0 <= row["labelled"] <= 1
     assert result["images"] == 4 and "fg precision" in (tmp_path / "t.md").read_text()
+
+
+def test_heldout_check_gathers_its_runs_with_the_dataset_swapped(tmp_path):
+    from benchmarks import heldout_dataset
+
+    run = quality.run_dir(tmp_path / "runs", "ASDT duty 1/2", 0)
+    run.mkdir(parents=True)
+    metrics = {"miou": {"cam": 0.4, "refine": 0.5, "student": 0.5, "fused": 0.52}, "global_step": 1200}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    args = ["--root", str(tmp_path / "root"), "--check", "--gather-only", "--out", str(tmp_path / "runs")]
+    heldout_dataset.main([*args, "--md", str(tmp_path / "h.md")])
+    text = (tmp_path / "h.md").read_text()
+    assert text.startswith("### Held-out dataset") and "dataset=voc" in text and "dataset.train_list=train" in text
+    assert "| ASDT duty 1/2 | 40.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 52.0 ± 0.0 | 12.0 ± 0.0 |" in text
