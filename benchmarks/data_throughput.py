@@ -109,6 +109,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = results[name]
         lines.append(f"  {name:<11} " + "  ".join(f"{k}={v}" for k, v in r.items()))
     lines.append(f"  COCO-Stuff .mat -> PNG conversion (one process): {results['coco_mat_conversion_per_s']} files/s")
+    lines.append("where a sample's time goes (ms; share of the full sample):")
+    for name in ("voc", "coco_stuff"):
+        r = results[name]
+        total = 1000 / r["full_sample"]
+        stages = {
+            "JPEG decode": r["jpeg_decode"],
+            "mask decode": r["mask_decode"],
+            "augment + to tensors": r["augment_and_tensors"],
+        }
+        parts = {k: 1000 / v for k, v in stages.items()}
+        parts["the rest (file checks, labels, collation glue)"] = max(0.0, total - sum(parts.values()))
+        bound = max(parts, key=parts.get)
+        shown = ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in parts.items())
+        lines.append(f"  {name:<11} {total:.2f} ms: {shown}; bound by {bound}")
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
