@@ -197,3 +197,37 @@ def test_panel_samples_replace_skipped_ones_with_the_next_good_ones():
     dataset = [BadSample(i, f"s{i}", "unreadable") if i in bad else {"index": i} for i in range(6)]
     assert [s["index"] for s in good_samples(dataset, [0, 2, 5])] == [2, 3, 4]
     assert good_samples([BadSample(0, "s0", "unreadable")], [0]) == []
+
+
+def test_checkpoints_go_to_wandb_as_artifacts_when_asked(tmp_path, monkeypatch):
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    logged = []
+    real_log_artifact = Run.log_artifact
+
+    def spy(self, artifact, *args, **kwargs):
+        logged.append((artifact.type, sorted(artifact.manifest.entries)))
+        return real_log_artifact(self, artifact, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log_artifact", spy)
+    try:
+        train(
+            config(tmp_path, "logger=wandb", "logger.wandb.log_model=true", "trainer.max_steps=2", "tracking.panels=0")
+        )
+    finally:
+        wandb.finish()
+    models = [names for kind, names in logged if kind == "model"]
+    assert models and all(any(name.endswith(".ckpt") for name in names) for names in models)
+
+
+def test_rich_progress_bar_and_model_summary_by_default():
+    from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+
+    from asdt_lightning.tracking import build_callbacks
+
+    kinds = {type(c) for c in build_callbacks({"progress_bar": "rich", "panels": 0}, {}, ".", has_loggers=False)}
+    assert {RichProgressBar, RichModelSummary} <= kinds
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False}
+    kinds = {type(c) for c in build_callbacks({"progress_bar": "rich", "panels": 0}, quiet, ".", has_loggers=False)}
+    assert not {RichProgressBar, RichModelSummary} & kinds
