@@ -24,6 +24,8 @@ def test_balanced_ce_averages_background_and_foreground_separately():
     assert torch.allclose(balanced_cross_entropy(logits, labels), (bg + fg) / 2)
     # unbalanced mean would be dominated by the 13 background pixels
     assert not torch.allclose(balanced_cross_entropy(logits, labels), pp[labels != IGNORE_INDEX].mean())
+    plain = balanced_cross_entropy(logits, labels, balanced=False)  # model.loss.balanced_ce=false
+    assert torch.allclose(plain, pp[labels != IGNORE_INDEX].mean())
 
 
 def test_balanced_ce_without_background_is_the_plain_mean():

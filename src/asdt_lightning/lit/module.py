@@ -69,6 +69,7 @@ class LossWeights:
     classifier_warmup: int = 0  # steps trained on L_cls alone, while CAMs are still noise (from-scratch runs)
     ramp: int = 0  # steps over which the segmentation terms rise linearly to full weight after the warm-up
     supervision: str = "pseudo"  # "ground_truth": R and S learn the true masks (the fully supervised upper bound)
+    balanced_ce: bool = True  # CE averaged over background and foreground pixels separately (the released code's)
 
     def segmentation_scale(self, step: int) -> float:
         """Factor of the R and S terms at global step ``step`` (after the warm-up): ramps 1/ramp ... 1."""
@@ -288,15 +289,19 @@ class ASDTModule(L.LightningModule):
         refine_logits = self.at_label_size(out.refine_logits, t.size)
         student_logits = self.at_label_size(out.student_logits, t.size)
 
-        loss_refine_ce = balanced_cross_entropy(refine_logits, labels_a, self.has_background)
+        loss_refine_ce = balanced_cross_entropy(refine_logits, labels_a, self.has_background, balanced=w.balanced_ce)
         kernel = self._pairwise_kernel(rgb, pixel_step, valid_lr)
         loss_refine_pair = self._pairwise(refine_logits, kernel, valid_lr)
         if not from_b:
-            loss_distill = w.teacher_a * balanced_cross_entropy(student_logits, labels_a, self.has_background)
+            loss_distill = w.teacher_a * balanced_cross_entropy(
+                student_logits, labels_a, self.has_background, balanced=w.balanced_ce
+            )
         elif w.distillation == "soft":
             loss_distill = w.teacher_b * soft_distillation(student_logits, target_b, valid_lr, w.temperature)
         else:
-            loss_distill = w.teacher_b * balanced_cross_entropy(student_logits, target_b, self.has_background)
+            loss_distill = w.teacher_b * balanced_cross_entropy(
+                student_logits, target_b, self.has_background, balanced=w.balanced_ce
+            )
         loss_student_pair = self._pairwise(student_logits, kernel, valid_lr)
 
         ramp = w.segmentation_scale(self.global_step)

@@ -21,12 +21,16 @@ def classification_loss(class_logits: torch.Tensor, image_labels: torch.Tensor) 
 
 
 def balanced_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, has_background: bool = True, ignore_index: int = IGNORE_INDEX
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    has_background: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+    balanced: bool = True,
 ) -> torch.Tensor:
     """Cross-entropy averaged over background and foreground pixels separately, then over the two.
 
     Background dominates pseudo labels; balancing keeps foreground classes from being drowned out. Without a
-    background class it is the plain mean over labelled pixels.
+    background class, or with ``balanced=False``, it is the plain mean over labelled pixels.
 
     Args:
         logits: (B, K, h, w); labels: (B, h, w) long with ``ignore_index``.
@@ -35,7 +39,7 @@ def balanced_cross_entropy(
     """
     per_pixel = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     labelled = labels != ignore_index
-    groups = [labelled] if not has_background else [labelled & (labels == 0), labelled & (labels > 0)]
+    groups = [labelled] if not (has_background and balanced) else [labelled & (labels == 0), labelled & (labels > 0)]
     means = [per_pixel[g].mean() for g in groups if g.any()]
     if not means:
         return logits.sum() * 0.0
