@@ -31,6 +31,8 @@ from asdt_lightning.method import cam as cam_method
 from asdt_lightning.method.cam import TeacherAParams, normalize_cams, reliable_cam_labels
 from benchmarks._common import machine_info, md_table, shown_args
 
+KERNEL_BYTES_PER_CALL = 2 * 2**30  # fully connected kernels labelled at once, at most
+
 
 def label_scores(labels: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     """Pixel counts (B, h, w) labels vs (B, H, W) truth at the labels' size: [fg right, fg labelled, fg truth,
@@ -122,9 +124,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             saved = cam_method.mean_field, cam_method.crf_kernel
             if exact:
                 cam_method.mean_field, cam_method.crf_kernel = dense
+            # a fully connected kernel on a fine grid is large: label a few images at a time
+            chunk = len(images)
+            if params.crf.connectivity == "full" and not exact:
+                chunk = max(1, KERNEL_BYTES_PER_CALL // (4 * (size[0] * size[1]) ** 2))
+            step = images.shape[-1] / size[-1]
             try:
-                labels = reliable_cam_labels(
-                    rgb, norm, image_labels, params, module.has_background, images.shape[-1] / size[-1], valid
+                labels = torch.cat(
+                    [
+                        reliable_cam_labels(
+                            rgb[i : i + chunk],
+                            norm[i : i + chunk],
+                            image_labels[i : i + chunk],
+                            params,
+                            module.has_background,
+                            step,
+                            valid[i : i + chunk],
+                        )
+                        for i in range(0, len(images), chunk)
+                    ]
                 )
             finally:
                 cam_method.mean_field, cam_method.crf_kernel = saved
