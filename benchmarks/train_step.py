@@ -320,17 +320,20 @@ def instrumented(variant: Variant, sections: Sections) -> Iterator[Callable[[], 
     handles: list[Any] = []
     crf_calls: dict[str, int] = defaultdict(int)
 
-    def patch(owner: Any, attr: str, name: str | Callable[[], str]) -> None:
+    def patch(owner: Any, attr: str, name: str | Callable[..., str]) -> None:
         original = getattr(owner, attr)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with sections.section(name() if callable(name) else name):
+            with sections.section(name(*args, **kwargs) if callable(name) else name):
                 return original(*args, **kwargs)
 
         patches.append((owner, attr, original))
         setattr(owner, attr, wrapper)
 
-    def crf_name() -> str:
+    def kernel_name(*args: Any, **kwargs: Any) -> str:
+        return "CRF A kernel (both alphas)" if args[1] is variant.module.teacher_a.crf else "CRF B kernel"
+
+    def crf_name(*args: Any, **kwargs: Any) -> str:
         parent = sections.parent() or ""
         if parent.startswith("teacher A"):
             crf_calls[parent] += 1
@@ -340,10 +343,9 @@ def instrumented(variant: Variant, sections: Sections) -> Iterator[Callable[[], 
     patch(lit_module, "reliable_cam_labels", "teacher A labels (excl. CRFs)")
     patch(lit_module, "refinement_teacher_labels", "teacher B labels (excl. CRF)")
     patch(lit_module, "normalize_cams", "normalise CAMs")
-    patch(cam, "crf_kernel", "CRF A kernel (both alphas)")
+    patch(lit_module, "crf_kernel", kernel_name)
     patch(cam, "mean_field", crf_name)
-    patch(cam, "mean_field_crf", "CRF B")
-    patch(lit_module, "mean_field_crf", "CRF B")
+    patch(lit_module, "mean_field", "CRF B")  # soft distillation's
     patch(lit_module, "pairwise_kernel", "loss: pairwise kernel")
     patch(lit_module, "balanced_cross_entropy", "loss: balanced CE")
     patch(lit_module, "soft_distillation", "loss: soft distillation")
@@ -434,7 +436,7 @@ LABEL_PARTS = (
     "CRF A (alpha low)",
     "CRF A (alpha high)",
 )
-LABEL_PARTS_B = ("teacher B labels (excl. CRF)", "CRF B")
+LABEL_PARTS_B = ("teacher B labels (excl. CRF)", "CRF B kernel", "CRF B")
 
 
 def breakdown(kinds: list[tuple[str, Variant, int]], batch: dict, setting: Setting, repeats: int) -> dict:

@@ -6,6 +6,7 @@ from asdt_lightning.method.crf import (
     check_full_kernel_size,
     crf_kernel,
     full_affinity,
+    kernel_buffer,
     local_affinity,
     mean_field,
     mean_field_crf,
@@ -144,9 +145,12 @@ def test_full_affinity_ignores_invalid_pixels_and_refuses_huge_grids():
     image = two_colour_image(6, 6)
     valid = torch.ones(1, 6, 6, dtype=torch.bool)
     valid[:, :, -2:] = False
-    k = full_affinity(image, 80.0, 13.0, valid=valid).view(1, 6, 6, 6, 6)
-    assert torch.all(k[0, :, -2:] == 0) and torch.all(k[0, :, :, :, -2:] == 0)
+    k = full_affinity(image, 80.0, 13.0, valid=valid).view(1, 6, 6, 6, 6)  # [receiver y, x, sender y, x]
+    assert torch.all(k[0, :, :4, :, -2:] == 0) and torch.all(k[0, :, -2:, :, :4] == 0)  # no valid-invalid weight
     assert torch.all(k[0, :, :4].sum((-1, -2)) > 0)
+    # the valid pixels' weights are those of the valid part of the image alone
+    alone = full_affinity(image[..., :4].contiguous(), 80.0, 13.0).view(1, 6, 4, 6, 4)
+    assert torch.allclose(k[0, :, :4, :, :4], alone[0], rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="label_upsample"):
         check_full_kernel_size(8, 256, 256)
 
@@ -180,3 +184,20 @@ def test_one_kernel_serves_several_unaries():
 def test_unknown_connectivity_is_refused():
     with pytest.raises(ValueError, match="connectivity"):
         CRFParams(connectivity="dense")
+
+
+def test_full_kernels_built_in_a_buffer_equal_fresh_ones_and_reuse_its_memory():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 5, 6) * 255
+    params = CRFParams(bilateral_sxy=30.0, bilateral_srgb=20.0)
+    buffers: dict[str, torch.Tensor] = {}
+    first = kernel_buffer(buffers, "k", image)
+    assert first.shape == (2, 30, 30)
+    kernel = crf_kernel(image, params, 2.0, out=first)
+    assert kernel.data_ptr() == first.data_ptr()
+    assert torch.equal(kernel, crf_kernel(image, params, 2.0))
+    assert kernel_buffer(buffers, "k", image) is first  # same grid: the same memory
+    assert kernel_buffer(buffers, "k", image[:1]).shape == (1, 30, 30)  # another batch size: a new buffer
+    assert torch.equal(
+        full_affinity(image, 30.0, 20.0, 2.0, out=torch.empty(3, 3)), full_affinity(image, 30.0, 20.0, 2.0)
+    )

@@ -246,3 +246,29 @@ def test_ground_truth_supervision_trains_both_heads_on_the_true_masks(random_loa
     assert all(torch.equal(t, expected) for t in targets)
     with pytest.raises(ASDTUserError, match="supervision"):
         ASDTModule(**small_module_kwargs(loss={"supervision": "masks"}))
+
+
+def test_kernel_buffers_reused_across_steps_change_no_loss_or_gradient(random_loader):
+    import copy
+
+    torch.manual_seed(0)
+    reused = ASDTModule(**small_module_kwargs(loss={"classifier_warmup": 0, "ramp": 0}))
+    fresh = copy.deepcopy(reused)
+    loader = iter(random_loader(n=6, batch_size=2))
+    pointers = set()
+    for step, source in enumerate([0, 1, 1]):  # teacher A, then B twice: each kernel rebuilt in its buffer
+        batch = next(loader)
+        results = []
+        for module in (reused, fresh):
+            if module is fresh:
+                module._kernel_buffers.clear()  # every kernel in new memory
+            module.set_teacher(0, source)  # no Trainer: the global step stays 0
+            module.zero_grad(set_to_none=True)
+            loss = module.training_step(batch, step)
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in module.net.student_head.parameters()]))
+        (loss_r, grads_r), (loss_f, grads_f) = results
+        assert torch.equal(loss_r, loss_f) and any(g.abs().sum() > 0 for g in grads_r)  # the kernels are in it
+        assert all(torch.equal(a, b) for a, b in zip(grads_r, grads_f, strict=True))
+        pointers.add(tuple(sorted((name, b.data_ptr()) for name, b in reused._kernel_buffers.items())))
+    assert len(pointers) == 1 and {name for name, _ in next(iter(pointers))} == {"teachers", "pairwise"}

@@ -23,7 +23,7 @@ from ..method.cam import (
     refinement_teacher_labels,
     reliable_cam_labels,
 )
-from ..method.crf import CRFParams, check_connectivity, mean_field_crf
+from ..method.crf import CRFParams, check_connectivity, crf_kernel, kernel_buffer, mean_field
 from ..method.losses import (
     balanced_cross_entropy,
     classification_loss,
@@ -178,6 +178,7 @@ class ASDTModule(L.LightningModule):
         if self.optim.name not in ("sgd", "adamw"):
             raise ASDTUserError(f"model.optimizer.name must be 'sgd' or 'adamw', got {self.optim.name!r}")
         self.net = build_asdt_net(num_classes=len(self.class_names), has_background=has_background, **net)
+        self._kernel_buffers: dict[str, torch.Tensor] = {}  # full CRF kernels are rebuilt in place every step
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1) * 255, persistent=False)
         self.cam_thresholds = [float(t) for t in cam_thresholds] if has_background else [0.0]
@@ -344,9 +345,12 @@ class ASDTModule(L.LightningModule):
         rgb = self.rgb_at(images, size)
         valid_lr = self.valid_at(valid, size)
         norm_cams = normalize_cams(self.at_label_size(cams, size), image_labels)
+        crf_a = self.teacher_a.crf
+        kernel_a = crf_kernel(rgb, crf_a, pixel_step, self._kernel_out("teachers", rgb, crf_a.connectivity))
         labels_a = reliable_cam_labels(
-            rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr
+            rgb, norm_cams, image_labels, self.teacher_a, self.has_background, pixel_step, valid_lr, kernel_a
         )
+        del kernel_a  # its buffer serves teacher B's kernel
         target_b = None
         if with_teacher_b:
             refine_probs = torch.softmax(self.at_label_size(out.refine_logits.detach(), size), 1)
@@ -355,19 +359,26 @@ class ASDTModule(L.LightningModule):
 
     def _teacher_b_target(self, rgb, refine_probs, image_labels, pixel_step, valid_lr) -> torch.Tensor:
         """Hard labels (B, h, w) or, for soft distillation, refined probabilities (B, K, h, w)."""
+        crf_b = self.teacher_b.crf
+        kernel_b = crf_kernel(rgb, crf_b, pixel_step, self._kernel_out("teachers", rgb, crf_b.connectivity))
         if self.loss_weights.distillation == "soft":
             allowed = allowed_labels(image_labels, self.has_background)
-            return mean_field_crf(rgb, refine_probs, self.teacher_b.crf, pixel_step, allowed=allowed)
+            return mean_field(refine_probs, kernel_b, crf_b, allowed=allowed)
         return refinement_teacher_labels(
             rgb,
             refine_probs,
             image_labels,
-            self.teacher_b.crf,
+            crf_b,
             self.teacher_b.confidence,
             self.has_background,
             pixel_step,
             valid_lr,
+            kernel_b,
         )
+
+    def _kernel_out(self, name: str, rgb: torch.Tensor, connectivity: str) -> torch.Tensor | None:
+        """The buffer a full kernel of ``rgb``'s grid is built in (``method.crf.kernel_buffer``), or None."""
+        return kernel_buffer(self._kernel_buffers, name, rgb) if connectivity == "full" else None
 
     def _pairwise_kernel(self, rgb, pixel_step, valid_lr) -> torch.Tensor | None:
         """The pairwise loss's kernel, computed once per step for both heads (``None`` when the term is off)."""
@@ -375,7 +386,8 @@ class ASDTModule(L.LightningModule):
             return None
         p = self.pairwise
         with torch.no_grad():
-            return pairwise_kernel(rgb, p.sxy, p.srgb, p.window, pixel_step, valid_lr, p.connectivity)
+            out = self._kernel_out("pairwise", rgb, p.connectivity)  # free again once this step's backward ran
+            return pairwise_kernel(rgb, p.sxy, p.srgb, p.window, pixel_step, valid_lr, p.connectivity, out)
 
     @staticmethod
     def _pairwise(logits, kernel, valid_lr) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
-from .crf import CRFParams, crf_kernel, mean_field, mean_field_crf
+from .crf import CRFParams, crf_kernel, mean_field
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ def reliable_cam_labels(
     has_background: bool = True,
     pixel_step: float = 1.0,
     valid: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Teacher A: reliable-region pseudo labels from normalised CAMs, refined by two CRFs.
 
@@ -150,6 +151,7 @@ def reliable_cam_labels(
         image_labels: (B, C) multi-hot.
         pixel_step: image pixels per CAM pixel (sets the CRF kernels' scale).
         valid: optional (B, h, w) bool; invalid pixels (padding) are ignore.
+        kernel: ``crf_kernel(image, params.crf, pixel_step)`` if already computed (else computed here).
     Returns:
         (B, h, w) long pseudo labels with ``IGNORE_INDEX`` where unreliable.
     """
@@ -157,7 +159,8 @@ def reliable_cam_labels(
     offset = int(has_background)
     fg_threshold = _class_cam_thresholds(norm_cams, params.fg_percentile, params.fg_min_cam)
 
-    kernel = crf_kernel(image, params.crf, pixel_step)  # one kernel for both background powers
+    if kernel is None:  # one kernel for both background powers
+        kernel = crf_kernel(image, params.crf, pixel_step)
 
     def crf(alpha: float) -> torch.Tensor:
         scores = cam_scores(norm_cams, has_background, alpha)
@@ -194,17 +197,21 @@ def refinement_teacher_labels(
     has_background: bool = True,
     pixel_step: float = 1.0,
     valid: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Teacher B: the refinement branch's softmax, restricted to the image's labels, refined by a CRF, argmax.
 
     Args:
         image: (B, 3, h, w) RGB 0..255; probs: (B, K, h, w) softmax of R (detached); image_labels: (B, C).
         confidence: pixels whose refined probability is below this become ignore.
+        kernel: ``crf_kernel(image, crf_params, pixel_step)`` if already computed (else computed here).
     Returns:
         (B, h, w) long hard labels.
     """
     allowed = allowed_labels(image_labels, has_background)
-    refined = mean_field_crf(image, probs, crf_params, pixel_step, allowed=allowed)
+    if kernel is None:
+        kernel = crf_kernel(image, crf_params, pixel_step)
+    refined = mean_field(probs, kernel, crf_params, allowed=allowed)
     conf, labels = refined.max(1)
     labels = labels.masked_fill(conf < confidence, IGNORE_INDEX)
     if valid is not None:

@@ -122,6 +122,8 @@ def full_affinity(
     srgb: float | None,
     pixel_step: float = 1.0,
     valid: torch.Tensor | None = None,
+    scale: float = 1.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Kernel weights between every pair of pixels of the grid, self excluded, normalised (see module).
 
@@ -130,7 +132,11 @@ def full_affinity(
 
     Args:
         image: (B, 3, H, W) RGB in 0..255 at the label resolution (only its shape matters when ``srgb`` is None).
-        valid: optional (B, H, W) bool; invalid pixels neither send nor receive weight.
+        valid: optional (B, H, W) bool; valid and invalid pixels exchange no weight (what invalid pixels receive
+            from each other is left in, as nothing downstream reads it).
+        scale: multiplies the normalised weights (a CRF's ``compat``), at no extra cost.
+        out: optional (B, N, N) float32 buffer to build the kernel in (see ``kernel_buffer``); ignored if its
+            shape or device differs.
     Returns:
         (B, N, N) weights, ``N = H * W``: row ``i`` holds what pixel ``i`` receives from each pixel ``j``.
     """
@@ -145,21 +151,40 @@ def full_affinity(
     if srgb is not None:
         feats = torch.cat([feats, image.float().flatten(2).transpose(1, 2) / srgb], 2)
     feats = feats - feats.mean(1, keepdim=True)  # smaller magnitudes: less cancellation below
+    if valid is not None:  # a feature 10 apart: valid-invalid pairs get exp(-50), below the floor, so exactly 0
+        feats = torch.cat([feats, (~valid).flatten(1)[:, :, None].float() * 10.0], 2)
     half_sq = feats.pow(2).sum(2, keepdim=True) * -0.5
     ones = torch.ones_like(half_sq)
     # [f_i, -|f_i|^2/2, 1] . [f_j, 1, -|f_j|^2/2] = -|f_i - f_j|^2 / 2, every pair in one product
     with full_fp32_matmul():  # TF32 / bf16 matmuls would put errors of ~1 into these exponents
-        logk = torch.bmm(torch.cat([feats, half_sq, ones], 2), torch.cat([feats, ones, half_sq], 2).transpose(1, 2))
+        left, right = torch.cat([feats, half_sq, ones], 2), torch.cat([feats, ones, half_sq], 2).transpose(1, 2)
+        if out is not None and out.shape == (b, h * w, h * w) and out.device == image.device:
+            logk = torch.bmm(left, right, out=out)
+        else:
+            logk = torch.bmm(left, right)
     logk.diagonal(dim1=1, dim2=2).fill_(-math.inf)  # no self-interaction
-    # weights at the floor become exp(floor) - exp(floor) = 0 (to a float32 ulp, ~1e-25): none is subnormal
+    # weights at the floor become exp(floor) - exp(floor) = 0 (to a float32 ulp, ~1e-25): none is subnormal. (Not
+    # exp of -inf: the vectorised exp takes a slow path, 10x, for inputs that underflow.)
     k = logk.clamp_(_FULL_LOG_FLOOR, 0.0).exp_().sub_(math.exp(_FULL_LOG_FLOOR))
-    if valid is not None:
-        v = valid.flatten(1).to(k.dtype)
-        k.mul_(v[:, :, None]).mul_(v[:, None, :])
     # k is symmetric, so dividing its columns by the row sums gives the transpose of the row-normalised kernel;
     # returning that as a transposed view makes ``kernel.transpose(1, 2)``, which messages multiply by, contiguous
-    k.div_(k.sum(1, keepdim=True).add_(1.0))  # + the pixel's own weight, exp(0)
+    k.div_(k.sum(1, keepdim=True).add_(1.0).div_(scale))  # + the pixel's own weight, exp(0)
     return k.transpose(1, 2)
+
+
+def kernel_buffer(buffers: dict[str, torch.Tensor], name: str, image: torch.Tensor) -> torch.Tensor:
+    """A reusable (B, N, N) float32 buffer for a full kernel of ``image``'s grid, kept in ``buffers[name]``.
+
+    On the CPU every fresh tensor of 32 MiB or more is new memory from the system, and writing it first costs a
+    page fault per 4 KiB (about 10 ms for a 32 MiB kernel, several times the arithmetic); building each step's
+    kernel in the same buffer avoids that. A kernel built in a buffer is valid until the buffer's next use.
+    """
+    b, _, h, w = image.shape
+    buffer = buffers.get(name)
+    if buffer is None or buffer.shape != (b, h * w, h * w) or buffer.device != image.device:
+        check_full_kernel_size(b, h, w)
+        buffer = buffers[name] = torch.empty(b, h * w, h * w, device=image.device)
+    return buffer
 
 
 def check_full_kernel_size(b: int, h: int, w: int) -> None:
@@ -200,16 +225,22 @@ def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: 
     return message
 
 
-def crf_kernel(image: torch.Tensor, params: CRFParams, pixel_step: float = 1.0) -> torch.Tensor:
+def crf_kernel(
+    image: torch.Tensor, params: CRFParams, pixel_step: float = 1.0, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Combined Potts kernel ``compat_g * gaussian + compat_b * bilateral`` of an image at the label resolution.
+
+    ``out``: optional buffer for a full kernel (``full_affinity``).
 
     Returns:
         (B, window*window, H, W) for local connectivity, (B, N, N) for full connectivity.
     """
     if params.connectivity == "full":
         gauss = full_affinity(image[:1], params.gaussian_sxy, None, pixel_step)  # (1, N, N): the same for all
-        bilat = full_affinity(image, params.bilateral_sxy, params.bilateral_srgb, pixel_step)
-        return bilat.mul_(params.bilateral_compat).add_(gauss, alpha=params.gaussian_compat)
+        bilat = full_affinity(
+            image, params.bilateral_sxy, params.bilateral_srgb, pixel_step, None, params.bilateral_compat, out
+        )
+        return bilat.add_(gauss, alpha=params.gaussian_compat)
     gauss = local_affinity(image, params.window, params.gaussian_sxy, None, pixel_step)
     bilat = local_affinity(image, params.window, params.bilateral_sxy, params.bilateral_srgb, pixel_step)
     return params.gaussian_compat * gauss + params.bilateral_compat * bilat

@@ -74,18 +74,20 @@ def pairwise_kernel(
     pixel_step: float = 1.0,
     valid: torch.Tensor | None = None,
     connectivity: str = "local",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The bilateral kernel of ``pairwise_loss`` (no gradient needed; one kernel serves R and S).
 
     Args:
         image: (B, 3, h, w) RGB 0..255 at the logits' resolution; valid: (B, h, w) bool.
         connectivity: ``"local"`` (a ``window x window`` neighbourhood) or ``"full"`` (every pixel pair).
+        out: optional buffer for the full kernel (``method.crf.full_affinity``).
     Returns:
         (B, window*window, h, w) local or (B, h*w, h*w) full weights (``method.crf``).
     """
     check_connectivity(connectivity)
     if connectivity == "full":
-        return full_affinity(image, sxy, srgb, pixel_step, valid)
+        return full_affinity(image, sxy, srgb, pixel_step, valid, out=out)
     return local_affinity(image, window, sxy, srgb, pixel_step, valid)
 
 
