@@ -65,8 +65,6 @@ def dense_crf_patch() -> Any:
         rgb, step = kernel
         sxy = {"gaussian_sxy": params.gaussian_sxy / step, "bilateral_sxy": params.bilateral_sxy / step}
         scaled = dataclasses.replace(params, **sxy)  # pydensecrf counts in label pixels
-        if probs.dim() == 5:  # (B, G, K, h, w): G CRFs on one image
-            return torch.stack([mean_field(probs[:, g], kernel, params, allowed) for g in range(probs.shape[1])], 1)
         out = torch.zeros_like(probs)
         for i in range(probs.shape[0]):
             p = probs[i] * allowed[i][:, None, None] if allowed is not None else probs[i]

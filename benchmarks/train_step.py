@@ -318,6 +318,7 @@ def instrumented(variant: Variant, sections: Sections) -> Iterator[Callable[[], 
 
     patches: list[tuple[Any, str, Any]] = []
     handles: list[Any] = []
+    crf_calls: dict[str, int] = defaultdict(int)
 
     def patch(owner: Any, attr: str, name: str | Callable[..., str]) -> None:
         original = getattr(owner, attr)
@@ -333,7 +334,11 @@ def instrumented(variant: Variant, sections: Sections) -> Iterator[Callable[[], 
         return "CRF A kernel (both alphas)" if args[1] is variant.module.teacher_a.crf else "CRF B kernel"
 
     def crf_name(*args: Any, **kwargs: Any) -> str:
-        return "CRF A (both alphas)" if (sections.parent() or "").startswith("teacher A") else "CRF B"
+        parent = sections.parent() or ""
+        if parent.startswith("teacher A"):
+            crf_calls[parent] += 1
+            return ["CRF A (alpha low)", "CRF A (alpha high)"][min(crf_calls[parent] - 1, 1)]
+        return "CRF B"
 
     patch(lit_module, "reliable_cam_labels", "teacher A labels (excl. CRFs)")
     patch(lit_module, "refinement_teacher_labels", "teacher B labels (excl. CRF)")
@@ -385,6 +390,7 @@ def instrumented(variant: Variant, sections: Sections) -> Iterator[Callable[[], 
     handles.append(net.backbone.register_full_backward_pre_hook(backbone_grad))
 
     def reset() -> None:
+        crf_calls.clear()
         first_head_grad[0] = False
 
     try:
@@ -427,7 +433,8 @@ LABEL_PARTS = (
     "normalise CAMs",
     "teacher A labels (excl. CRFs)",
     "CRF A kernel (both alphas)",
-    "CRF A (both alphas)",
+    "CRF A (alpha low)",
+    "CRF A (alpha high)",
 )
 LABEL_PARTS_B = ("teacher B labels (excl. CRF)", "CRF B kernel", "CRF B")
 
@@ -617,7 +624,8 @@ ORDER = [
     "normalise",
     "teacher A",
     "CRF A kernel",
-    "CRF A (both alphas)",
+    "CRF A (alpha low)",
+    "CRF A (alpha high)",
     "teacher B",
     "CRF B",
     "loss",

@@ -201,19 +201,3 @@ def test_full_kernels_built_in_a_buffer_equal_fresh_ones_and_reuse_its_memory():
     assert torch.equal(
         full_affinity(image, 30.0, 20.0, 2.0, out=torch.empty(3, 3)), full_affinity(image, 30.0, 20.0, 2.0)
     )
-
-
-@pytest.mark.parametrize("connectivity", ["full", "local"])
-def test_mean_field_of_several_unaries_at_once_equals_separate_runs(connectivity):
-    torch.manual_seed(0)
-    image = torch.rand(2, 3, 6, 7) * 255
-    params = CRFParams(iterations=4, window=5, bilateral_sxy=20.0, connectivity=connectivity)
-    kernel = crf_kernel(image, params, 2.0)
-    unaries = torch.softmax(torch.randn(2, 3, 4, 6, 7), 2)  # G = 3 CRFs of 4 labels
-    allowed = torch.tensor([[True, True, False, True], [False, False, False, False]])  # none: all kept
-    together = mean_field(unaries, kernel, params, allowed)
-    assert together.shape == unaries.shape
-    for g in range(3):
-        alone = mean_field(unaries[:, g], kernel, params, allowed)
-        assert torch.allclose(together[:, g], alone, atol=1e-6)
-    assert torch.all(together[0, :, 2] == 0)

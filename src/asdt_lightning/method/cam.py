@@ -162,14 +162,12 @@ def reliable_cam_labels(
     if kernel is None:  # one kernel for both background powers
         kernel = crf_kernel(image, params.crf, pixel_step)
 
-    def unary(alpha: float) -> torch.Tensor:
+    def crf(alpha: float) -> torch.Tensor:
         scores = cam_scores(norm_cams, has_background, alpha)
-        return scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
+        probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
+        return mean_field(probs, kernel, params.crf, allowed=allowed)
 
-    # both background powers' CRFs in one mean-field run (G = 2 unaries, one pass over the kernel per iteration)
-    alphas = (params.alpha_low, params.alpha_high) if has_background else (params.alpha_low,)
-    refined = mean_field(torch.stack([unary(a) for a in alphas], 1), kernel, params.crf, allowed=allowed)
-    probs_low = refined[:, 0]
+    probs_low = crf(params.alpha_low)
     confidence, labels = probs_low.max(1)
 
     fg = labels >= offset  # every label is foreground without a background class
@@ -180,7 +178,8 @@ def reliable_cam_labels(
     labels = labels.masked_fill(~keep, IGNORE_INDEX)
 
     if has_background:
-        bg_conf, high_labels = refined[:, 1].max(1)
+        probs_high = crf(params.alpha_high)
+        bg_conf, high_labels = probs_high.max(1)
         bg_score = background_score(norm_cams, params.alpha_high)[:, 0]
         bg = (high_labels == 0) & (bg_conf >= params.crf_confidence) & (bg_score > params.bg_score_threshold)
         labels = labels.masked_fill(bg, 0)

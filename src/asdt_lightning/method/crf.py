@@ -256,32 +256,28 @@ def mean_field(
     """Mean-field inference of a Potts CRF with a precomputed ``crf_kernel`` (one kernel serves several unaries).
 
     Args:
-        probs: (B, K, H, W) unary class probabilities, or (B, G, K, H, W) for G independent CRFs on the same image
-            and kernel: each iteration then passes over the kernel once for all G (it is memory-bound).
+        probs: (B, K, H, W) unary class probabilities.
         kernel: from ``crf_kernel`` for the same image and ``params``.
         allowed: optional (B, K) bool; classes not allowed keep probability 0.
         method: how local messages are computed (see ``message_passing``; default: by device).
     Returns:
-        refined probabilities, the shape of ``probs``.
+        (B, K, H, W) refined probabilities.
     """
-    shape = probs.shape
-    b, k, h, w = shape[0], shape[-3], shape[-2], shape[-1]
-    unary = probs.clamp_min(1e-5).log().view(b, -1, k, h, w)  # (B, G, K, H, W)
+    unary = probs.clamp_min(1e-5).log()
     if allowed is not None:
         allowed = allowed | ~allowed.any(1, keepdim=True)  # an image with no allowed label keeps them all
-        unary = unary.masked_fill(~allowed[:, None, :, None, None], float("-inf"))
-    q = torch.softmax(unary, dim=2)
+        unary = unary.masked_fill(~allowed[:, :, None, None], float("-inf"))
+    q = torch.softmax(unary, dim=1)
     if params.connectivity == "full":
-        unary, q = unary.flatten(3), q.flatten(3)  # (B, G, K, N)
+        b, k, h, w = q.shape
+        unary, q = unary.flatten(2), q.flatten(2)
         kernel_t = kernel.transpose(1, 2)
         for _ in range(params.iterations):
-            messages = torch.matmul(q.flatten(1, 2), kernel_t).view_as(q)
-            q = torch.softmax(unary + messages, dim=2)
-        return q.view(shape)
+            q = torch.softmax(unary + torch.matmul(q, kernel_t), dim=1)
+        return q.view(b, k, h, w)
     for _ in range(params.iterations):
-        messages = message_passing(q.flatten(1, 2), kernel, params.window, method).view_as(q)
-        q = torch.softmax(unary + messages, dim=2)
-    return q.view(shape)
+        q = torch.softmax(unary + message_passing(q, kernel, params.window, method), dim=1)
+    return q
 
 
 def mean_field_crf(
