@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from benchmarks._common import machine_info, md_table
 
 UPPER = "fully supervised (upper bound)"
@@ -86,10 +88,21 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             if metrics_file.is_file():
                 record["metrics"] = json.loads(metrics_file.read_text())
                 record["status"] = "done"
+                record["pixel_ce"] = pixel_ce(directory)
             else:
                 record["status"] = "missing"
             records.append(record)
     return records
+
+
+def pixel_ce(directory: Path) -> str:
+    """Which pixel cross-entropy a finished run trained with: ``balanced`` or ``plain`` (``model.loss.balanced_ce``;
+    runs from before the option existed trained with the balanced one)."""
+    config = directory / "config_resolved.yaml"
+    if not config.is_file():
+        return "unknown"
+    loss = OmegaConf.load(config).get("model", {}).get("loss", {})
+    return "balanced" if loss.get("balanced_ce", True) else "plain"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -121,10 +134,12 @@ def markdown(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append([*row, ",".join(map(str, steps)) or "-", note])
     budget = f"trainer.max_steps={args.max_steps}" if args.max_steps else "the default budget"
     commands = "\n".join(f"- `{r['command']}`" for r in records if "command" in r)
+    ce = sorted({r["pixel_ce"] for r in records if "pixel_ce" in r})
     return (
         f"### {args.title}\n\n"
         f"Command: `{args.command}`\n\nmIoU (%) on the val split, mean ± std over seeds "
-        f"{args.seeds}, {budget}. Runs:\n\n{commands}\n\n"
+        f"{args.seeds}, {budget}; pixel cross-entropy of the runs (`model.loss.balanced_ce`): {', '.join(ce) or '-'}. "
+        f"Runs:\n\n{commands}\n\n"
         + md_table(
             ["variant", *BRANCHES, "fused - cam", "gap to upper bound (fused)", "seeds done", "steps", "note"], rows
         )

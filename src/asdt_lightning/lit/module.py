@@ -69,7 +69,7 @@ class LossWeights:
     classifier_warmup: int = 0  # steps trained on L_cls alone, while CAMs are still noise (from-scratch runs)
     ramp: int = 0  # steps over which the segmentation terms rise linearly to full weight after the warm-up
     supervision: str = "pseudo"  # "ground_truth": R and S learn the true masks (the fully supervised upper bound)
-    balanced_ce: bool = True  # CE averaged over background and foreground pixels separately (the released code's)
+    balanced_ce: bool = False  # True: CE averaged over bg and fg pixels separately (the released code's)
 
     def segmentation_scale(self, step: int) -> float:
         """Factor of the R and S terms at global step ``step`` (after the warm-up): ramps 1/ramp ... 1."""
