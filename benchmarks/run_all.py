@@ -48,6 +48,10 @@ def jobs(quick: bool) -> list[tuple[str, list[str]]]:
         out.append(("Data loading throughput", ["benchmarks/data_throughput.py"]))
     if (ROOT / "outputs" / "quality").is_dir():
         out.append(("Quality", ["-m", "benchmarks.quality", "--gather-only", "--out", "outputs/quality"]))
+    if (ROOT / "outputs" / "quality_plain_ce").is_dir():  # the default configuration since the plain CE became it
+        default = ["--only", "ASDT duty 1/2", "--title", "Quality on the synthetic set: the default configuration"]
+        out.append(("Quality, default", ["-m", "benchmarks.quality", *default, "--gather-only", "--out",
+                                         "outputs/quality_plain_ce"]))  # fmt: skip
     if (ROOT / "outputs" / "quality_heldout").is_dir():  # python -m benchmarks.heldout_dataset ... --check
         check = ["--root", "outputs/heldout_root", "--check", "--gather-only", "--seeds", "0", "1", "2"]
         out.append(("Held-out dataset", ["-m", "benchmarks.heldout_dataset", *check]))
