@@ -5,9 +5,15 @@ From one checkpoint's (multi-scale) CAMs on training images at the validation tr
 grids (and the exact dense CRF when ``pydensecrf2`` is installed), and scored against the ground-truth masks:
 
 - fg precision: labelled foreground pixels whose class is right; fg recall: foreground pixels labelled right;
-- fg on background: labelled foreground pixels that are background in truth; labelled: pixels not ignored.
+- fg on background: labelled foreground pixels that are background in truth; labelled: pixels not ignored;
+- bg recall: background pixels labelled background; near objects: the same within ``NEAR_OBJECT_PX`` image pixels
+  of an object, the margin R must learn to leave (a margin with no background labels teaches R to grow blobs);
+  fg labelled background: foreground pixels labelled background, what a generous background costs.
+
+``--alpha-high`` compares teacher A's generous background power (``model.teacher_a.alpha_high``) at several values.
 
     python -m benchmarks.teacher_labels --ckpt outputs/<run>/checkpoints/last.ckpt [--images 160] [--md out.md]
+    python -m benchmarks.teacher_labels --ckpt ... --grids 2 --alpha-high 8 32
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from scipy import ndimage
 
 from asdt_lightning.constants import IGNORE_INDEX
 from asdt_lightning.data.registry import build_datamodule
@@ -32,15 +39,27 @@ from asdt_lightning.method.cam import TeacherAParams, normalize_cams, reliable_c
 from benchmarks._common import machine_info, md_table, shown_args
 
 KERNEL_BYTES_PER_CALL = 2 * 2**30  # fully connected kernels labelled at once, at most
+NEAR_OBJECT_PX = 8.0  # background within this many image pixels of an object counts as "near objects"
+SCORE_KEYS = ("fg_right", "fg_labelled", "fg_truth", "fg_on_bg", "labelled", "valid", "bg_right", "bg_truth")
+SCORE_KEYS += ("near_bg_right", "near_bg_truth", "bg_on_fg")
 
 
-def label_scores(labels: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-    """Pixel counts (B, h, w) labels vs (B, H, W) truth at the labels' size: [fg right, fg labelled, fg truth,
-    fg labelled on background, labelled, valid]."""
+def label_scores(labels: torch.Tensor, masks: torch.Tensor, pixel_step: float = 1.0) -> np.ndarray:
+    """Pixel counts of (B, h, w) labels against (B, H, W) truth taken at the labels' size, in ``SCORE_KEYS`` order.
+
+    ``pixel_step``: image pixels per label pixel, for the distance to the nearest object of "near objects".
+    """
     truth = F.interpolate(masks[:, None].float(), labels.shape[-2:], mode="nearest")[:, 0].long()
     valid = truth != IGNORE_INDEX
     labelled = (labels != IGNORE_INDEX) & valid
     fg_labelled = labelled & (labels > 0)
+    bg_truth = valid & (truth == 0)
+    object_px = (valid & (truth > 0)).numpy()
+    distance = np.stack(
+        [ndimage.distance_transform_edt(~o) if o.any() else np.full(o.shape, np.inf) for o in object_px]
+    )
+    near = bg_truth & torch.from_numpy(distance * pixel_step <= NEAR_OBJECT_PX)
+    bg_right = labelled & (labels == 0)
     counts = [
         (fg_labelled & (labels == truth)).sum(),
         fg_labelled.sum(),
@@ -48,8 +67,27 @@ def label_scores(labels: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
         (fg_labelled & (truth == 0)).sum(),
         labelled.sum(),
         valid.sum(),
+        (bg_right & bg_truth).sum(),
+        bg_truth.sum(),
+        (bg_right & near).sum(),
+        near.sum(),
+        (bg_right & (truth > 0)).sum(),
     ]
     return np.array([int(c) for c in counts], dtype=np.int64)
+
+
+def score_row(counts: np.ndarray) -> dict[str, float]:
+    """Rates from ``label_scores`` counts summed over images."""
+    c = dict(zip(SCORE_KEYS, counts.tolist(), strict=True))
+    return {
+        "fg_precision": c["fg_right"] / max(c["fg_labelled"], 1),
+        "fg_recall": c["fg_right"] / max(c["fg_truth"], 1),
+        "fg_on_background": c["fg_on_bg"] / max(c["fg_labelled"], 1),
+        "labelled": c["labelled"] / max(c["valid"], 1),
+        "bg_recall": c["bg_right"] / max(c["bg_truth"], 1),
+        "bg_recall_near_objects": c["near_bg_right"] / max(c["near_bg_truth"], 1),
+        "fg_labelled_background": c["bg_on_fg"] / max(c["fg_truth"], 1),
+    }
 
 
 def dense_crf_patch() -> Any:
@@ -80,19 +118,22 @@ def dense_crf_patch() -> Any:
     return mean_field, crf_kernel
 
 
-def variants(base: TeacherAParams, grids: list[int], dense: bool) -> list[tuple[str, int, TeacherAParams, bool]]:
+def variants(
+    base: TeacherAParams, grids: list[int], dense: bool, alphas_high: list[float] | None = None
+) -> list[tuple[str, int, TeacherAParams, bool]]:
     """(name, label-grid multiple of the logits, params, exact dense CRF) for every configuration compared."""
-    crf = base.crf
     out = []
-    for up in grids:
-        no_crf = dataclasses.replace(base, crf=dataclasses.replace(crf, iterations=0))
+    for up, alpha in itertools.product(grids, alphas_high or [base.alpha_high]):
+        params = dataclasses.replace(base, alpha_high=alpha)
+        crf = params.crf
+        no_crf = dataclasses.replace(params, crf=dataclasses.replace(crf, iterations=0))
         out.append(("none (CAM thresholds only)", up, no_crf, False))
         local = dataclasses.replace(crf, connectivity="local")
-        out.append((f"local, {crf.window}x{crf.window} window", up, dataclasses.replace(base, crf=local), False))
+        out.append((f"local, {crf.window}x{crf.window} window", up, dataclasses.replace(params, crf=local), False))
         full = dataclasses.replace(crf, connectivity="full")
-        out.append(("fully connected", up, dataclasses.replace(base, crf=full), False))
+        out.append(("fully connected", up, dataclasses.replace(params, crf=full), False))
         if dense:
-            out.append(("exact dense CRF (pydensecrf2)", up, base, True))
+            out.append(("exact dense CRF (pydensecrf2)", up, params, True))
     return out
 
 
@@ -110,8 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = list(itertools.islice(loader, -(-args.images // batch_size)))
     dense = dense_crf_patch() if not args.no_dense else None
     rows = []
-    for name, up, params, exact in variants(module.teacher_a, args.grids, dense is not None):
-        counts = np.zeros(6, dtype=np.int64)
+    for name, up, params, exact in variants(module.teacher_a, args.grids, dense is not None, args.alpha_high):
+        counts = np.zeros(len(SCORE_KEYS), dtype=np.int64)
         for batch in batches:
             images, image_labels = batch["image"], batch["labels"]
             out = module.net(images)
@@ -146,27 +187,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             finally:
                 cam_method.mean_field, cam_method.crf_kernel = saved
-            counts += label_scores(labels, batch["mask"])
-        right, fg_labelled, fg_truth, on_bg, labelled, valid_px = counts.tolist()
-        rows.append(
-            {
-                "crf": name,
-                "grid": f"{size[0]}x{size[1]}",
-                "fg_precision": right / max(fg_labelled, 1),
-                "fg_recall": right / max(fg_truth, 1),
-                "fg_on_background": on_bg / max(fg_labelled, 1),
-                "labelled": labelled / max(valid_px, 1),
-            }
-        )
+            counts += label_scores(labels, batch["mask"], step)
+        rows.append({"crf": name, "grid": f"{size[0]}x{size[1]}", "alpha_high": params.alpha_high, **score_row(counts)})
         print(rows[-1], flush=True)
     images = sum(len(b["name"]) for b in batches)
     return {"machine": machine_info(), "command": args.command, "ckpt": str(args.ckpt), "images": images, "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    keys = ("fg_precision", "fg_recall", "fg_on_background", "labelled")
-    rows = [[r["crf"], r["grid"], *(f"{100 * r[k]:.1f}%" for k in keys)] for r in result["rows"]]
-    header = ["teacher A's CRF", "label grid", "fg precision", "fg recall", "fg labels on background", "labelled"]
+    keys = ("fg_precision", "fg_recall", "fg_on_background", "bg_recall", "bg_recall_near_objects")
+    keys += ("fg_labelled_background", "labelled")
+    rows = [
+        [r["crf"], r["grid"], f"{r['alpha_high']:g}", *(f"{100 * r[k]:.1f}%" for k in keys)] for r in result["rows"]
+    ]
+    header = ["teacher A's CRF", "label grid", "alpha_high", "fg precision", "fg recall", "fg labels on background"]
+    header += ["bg recall", f"bg recall within {NEAR_OBJECT_PX:g} px of objects", "fg labelled background"]
+    header += ["labelled"]
     return (
         "### Teacher A's labels per CRF\n\n"
         f"Command: `{result['command']}`\n\nCheckpoint `{result['ckpt']}`, {result['images']} training images "
@@ -179,6 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--ckpt", type=Path, required=True, help="an ASDT checkpoint (its run folder has the config)")
     p.add_argument("--images", type=int, default=160, help="training images scored (in batches of 16)")
     p.add_argument("--grids", type=int, nargs="+", default=[1, 2, 8], help="label grid, multiples of the logits")
+    p.add_argument(
+        "--alpha-high", type=float, nargs="+", default=None, help="teacher A's alpha_high values (default: the run's)"
+    )
     p.add_argument("--no-dense", action="store_true", help="skip the exact dense CRF even if pydensecrf2 is here")
     p.add_argument("--md", type=Path, default=None)
     args = p.parse_args(argv)

@@ -83,6 +83,29 @@ def test_run_all_header_and_jobs():
     assert any("GPU" in t for t in titles) and any("CPU" in t for t in titles)
 
 
+def test_label_scores_count_background_labels_near_objects_apart():
+    from benchmarks.teacher_labels import label_scores, score_row
+
+    truth = torch.zeros(1, 32, 32, dtype=torch.long)
+    truth[0, 12:20, 12:20] = 2  # an 8x8 object
+    labels = torch.full_like(truth, 255)
+    labels[0, 12:20, 12:20] = 2
+    labels[0, 12, 12] = 0  # one object pixel labelled background
+    labels[0, :, :2] = 0  # background labels only far from the object (>= 10 px)
+    labels[0, 0, 31] = 1  # one foreground label on background
+    row = score_row(label_scores(labels, truth, pixel_step=1.0))
+    assert row["bg_recall_near_objects"] == 0.0  # nothing within 8 px of the object is labelled background
+    assert row["bg_recall"] == pytest.approx(64 / (32 * 32 - 64))
+    assert row["fg_labelled_background"] == pytest.approx(1 / 64)
+    assert row["fg_precision"] == pytest.approx(63 / 64) and row["fg_on_background"] == pytest.approx(1 / 64)
+    labels[0, 8:24, 8:24] = 0  # background labelled all round the object, out to 4 px
+    labels[0, 12:20, 12:20] = 2
+    near = score_row(label_scores(labels, truth, pixel_step=1.0))["bg_recall_near_objects"]
+    assert 0 < near < 1  # the 4-px ring is labelled, the rest of the 8-px margin is not
+    coarse = score_row(label_scores(labels, truth, pixel_step=4.0))["bg_recall_near_objects"]
+    assert coarse > near  # at 4 image px per label px, the 8-px margin is only 2 label px wide
+
+
 def test_teacher_label_quality_table_scores_every_crf(tmp_path):
     from benchmarks import teacher_labels
     from omegaconf import OmegaConf
