@@ -12,6 +12,8 @@ of no class, some body-like, some in part colours. The root is in VOC layout (se
 
     python -m benchmarks.heldout_dataset --root DIR [--seed N]
     python -m benchmarks.heldout_dataset --root outputs/heldout_root --check --seeds 0   # + train and tabulate
+    python -m benchmarks.heldout_dataset --root outputs/heldout_root --check --out outputs/quality_heldout_3x \
+        --override trainer.max_steps=3600 --override model.loss.classifier_warmup=1500   # 3x the budget
 """
 
 from __future__ import annotations
@@ -656,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--gather-only", action="store_true", help="the check: only gather finished runs")
     parser.add_argument("--md", default=None, help="the check's markdown table")
     parser.add_argument("--out", default="outputs/quality_heldout", help="the check's run folders")
+    parser.add_argument("--override", action="append", default=[], help="the check: extra Hydra override per run")
     args = parser.parse_args(argv)
     spec = HeldoutSpec(num_train=args.num_train, num_val=args.num_val, seed=args.seed)
     root = Path(args.root) if args.gather_only else write_heldout_voc(args.root, spec)
@@ -667,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from benchmarks import quality
 
         extra = ["--seeds", *map(str, args.seeds), *(["--gather-only"] if args.gather_only else [])]
+        extra += [f"--override={o}" for o in args.override]
         quality.main([*quality_args(root, args.out), *extra, *(["--md", args.md] if args.md else [])])
     return root
 

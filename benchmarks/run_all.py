@@ -26,6 +26,21 @@ from benchmarks._common import machine_info, md_table
 ROOT = Path(__file__).resolve().parents[1]
 
 
+DEFAULT_QUALITY = "quality_default"  # python -m benchmarks.quality --out outputs/quality_default: the default config
+# (title, folder under outputs/, extra arguments): the default configuration's table first, then the former defaults'
+QUALITY_TABLES = (
+    ("Quality, the default configuration", DEFAULT_QUALITY,
+     ["--title", "Quality on the synthetic set: the default configuration"]),
+    ("Quality, plain CE and alpha_high 32 (the default until session 5)", "quality_plain_ce",
+     ["--only", "ASDT duty 1/2", "--title", "Quality on the synthetic set: plain CE, alpha_high 32"]),
+    ("Quality, balanced CE and alpha_high 32 (the default until session 4)", "quality",
+     ["--title", "Quality on the synthetic set: balanced CE, alpha_high 32"]),
+)  # fmt: skip
+
+
+HELDOUT_3X = ("trainer.max_steps=3600", "model.loss.classifier_warmup=1500")  # the classifier learns that data
+
+
 def jobs(quick: bool) -> list[tuple[str, list[str]]]:
     """(title, argv after ``python``) of every benchmark; each writes markdown to the ``--md`` path appended."""
     if quick:
@@ -46,18 +61,24 @@ def jobs(quick: bool) -> list[tuple[str, list[str]]]:
     ]  # fmt: skip
     if (ROOT / "benchmarks" / "data_throughput.py").is_file():
         out.append(("Data loading throughput", ["benchmarks/data_throughput.py"]))
-    if (ROOT / "outputs" / "quality").is_dir():
-        out.append(("Quality", ["-m", "benchmarks.quality", "--gather-only", "--out", "outputs/quality"]))
-    if (ROOT / "outputs" / "quality_plain_ce").is_dir():  # the default configuration since the plain CE became it
-        default = ["--only", "ASDT duty 1/2", "--title", "Quality on the synthetic set: the default configuration"]
-        out.append(("Quality, default", ["-m", "benchmarks.quality", *default, "--gather-only", "--out",
-                                         "outputs/quality_plain_ce"]))  # fmt: skip
+    for title, folder, extra in QUALITY_TABLES:
+        if (ROOT / "outputs" / folder).is_dir():
+            gather = ["-m", "benchmarks.quality", *extra, "--gather-only", "--out", f"outputs/{folder}"]
+            out.append((title, gather))
     if (ROOT / "outputs" / "quality_heldout").is_dir():  # python -m benchmarks.heldout_dataset ... --check
         check = ["--root", "outputs/heldout_root", "--check", "--gather-only", "--seeds", "0", "1", "2"]
         out.append(("Held-out dataset", ["-m", "benchmarks.heldout_dataset", *check]))
-    ckpt = ROOT / "outputs" / "quality" / "asdt_duty_1_2" / "seed0" / "checkpoints" / "last.ckpt"
+    if (ROOT / "outputs" / "quality_heldout_3x").is_dir():
+        check = ["--root", "outputs/heldout_root", "--check", "--gather-only", "--seeds", "0", "1", "2"]
+        check += ["--out", "outputs/quality_heldout_3x", *(f"--override={o}" for o in HELDOUT_3X)]
+        out.append(("Held-out dataset, 3x the budget", ["-m", "benchmarks.heldout_dataset", *check]))
+    ckpt = ROOT / "outputs" / DEFAULT_QUALITY / "asdt_duty_1_2" / "seed0" / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
-        out.append(("Teacher A's labels", ["-m", "benchmarks.teacher_labels", "--ckpt", str(ckpt.relative_to(ROOT))]))
+        labels = ["-m", "benchmarks.teacher_labels", "--ckpt", str(ckpt.relative_to(ROOT))]
+        out.append(("Teacher A's labels per CRF and label grid", labels))
+        out.append(
+            ("Teacher A's labels per background power", [*labels, "--grids", "2", "--alpha-high", "32", "16", "8"])
+        )
     return out
 
 

@@ -120,3 +120,16 @@ def test_paper_experiment_uses_the_released_optimiser_groups():
     o = paper.model.optimizer
     assert (o.name, o.backbone_bias_mult, o.head_weight_mult, o.head_bias_mult) == ("sgd", 2.0, 10.0, 20.0)
     assert paper.model.loss.classifier_warmup == 0 and paper.model.teacher_a.bg_score_threshold == 0.8
+
+
+def test_paper_experiment_keeps_the_released_teacher_a_settings():
+    """The CPU default departs from the released code (alpha_high, bg_score_threshold); voc_paper must not."""
+    from asdt_lightning.method.cam import TeacherAParams
+
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        paper = compose("train", overrides=["experiment=voc_paper", "output_dir=/tmp/x"])
+        default = compose("train", overrides=["output_dir=/tmp/x"])
+    released = TeacherAParams()  # the dataclass defaults are the released code's
+    keys = ("alpha_low", "alpha_high", "fg_percentile", "fg_min_cam", "bg_score_threshold", "crf_confidence")
+    assert {k: paper.model.teacher_a[k] for k in keys} == {k: getattr(released, k) for k in keys}
+    assert default.model.teacher_a.alpha_high < released.alpha_high  # background labels near objects on CPU runs
