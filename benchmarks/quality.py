@@ -5,9 +5,9 @@ Every run goes through the package's entry point (``python -m asdt_lightning.tra
 writes its ``metrics.json``; this script gathers them into a markdown table. A full table is 5 variants x seeds
 default runs (about 10 minutes each on a 2-core CPU); ``--max-steps`` and ``--seeds`` shrink it for a check.
 
-    python -m benchmarks.quality --seeds 0 1 2 --out outputs/quality          # the full table (hours on CPU)
+    python -m benchmarks.quality --seeds 0 1 2 --out outputs/quality_default  # the full table (hours on CPU)
     python -m benchmarks.quality --seeds 0 --max-steps 20 --out /tmp/q        # does the script work?
-    python -m benchmarks.quality --gather-only --out outputs/quality          # re-make the table from finished runs
+    python -m benchmarks.quality --gather-only --out outputs/quality_default  # re-make the table from finished runs
 
 The held-out check (the default config on a dataset the defaults were not tuned on, ``benchmarks/heldout_dataset.py``)
 uses the same script with the dataset swapped by ``--override``; see README.md.
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-steps", type=int, default=None, help="trainer.max_steps for every run (default: config)")
-    p.add_argument("--out", type=Path, default=Path("outputs/quality"))
+    p.add_argument("--out", type=Path, default=Path("outputs/quality_default"))  # a folder per configuration
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
     p.add_argument("--gather-only", action="store_true", help="do not train, only gather finished runs")
     p.add_argument("--only", action="append", default=[], help="train/gather only this variant (repeatable)")
