@@ -38,6 +38,7 @@ VARIANTS: dict[str, list[str]] = {
     UPPER: ["model.loss.supervision=ground_truth"],  # R and S on the true masks
 }
 BRANCHES = ("cam", "refine", "student", "fused")
+DEFAULT_OUT = Path("outputs/quality_default")  # the default configuration's runs: one folder per configuration
 
 
 def run_dir(out: Path, variant: str, seed: int) -> Path:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-steps", type=int, default=None, help="trainer.max_steps for every run (default: config)")
-    p.add_argument("--out", type=Path, default=Path("outputs/quality_default"))  # a folder per configuration
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
     p.add_argument("--gather-only", action="store_true", help="do not train, only gather finished runs")
     p.add_argument("--only", action="append", default=[], help="train/gather only this variant (repeatable)")

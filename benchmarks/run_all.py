@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 from asdt_lightning.io_utils import atomic_write_text
+from benchmarks import quality
 from benchmarks._common import machine_info, md_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-DEFAULT_QUALITY = "quality_default"  # python -m benchmarks.quality --out outputs/quality_default: the default config
+DEFAULT_QUALITY = quality.DEFAULT_OUT.name  # the folder ``python -m benchmarks.quality`` trains the default config into
 # (title, folder under outputs/, extra arguments): the default configuration's table first, then the former defaults'
 QUALITY_TABLES = (
     ("Quality, the default configuration", DEFAULT_QUALITY,
@@ -38,7 +39,12 @@ QUALITY_TABLES = (
 )  # fmt: skip
 
 
-HELDOUT_3X = ("trainer.max_steps=3600", "model.loss.classifier_warmup=1500")  # the classifier learns that data
+# (title, folder under outputs/, overrides) of the held-out checks (python -m benchmarks.heldout_dataset ... --check)
+HELDOUT_CHECKS = (
+    ("Held-out dataset", "quality_heldout", ()),
+    ("Held-out dataset, 3x the budget", "quality_heldout_3x",  # the budget the classifier needs to learn that data
+     ("trainer.max_steps=3600", "model.loss.classifier_warmup=1500")),
+)  # fmt: skip
 
 
 def jobs(quick: bool) -> list[tuple[str, list[str]]]:
@@ -65,13 +71,11 @@ def jobs(quick: bool) -> list[tuple[str, list[str]]]:
         if (ROOT / "outputs" / folder).is_dir():
             gather = ["-m", "benchmarks.quality", *extra, "--gather-only", "--out", f"outputs/{folder}"]
             out.append((title, gather))
-    if (ROOT / "outputs" / "quality_heldout").is_dir():  # python -m benchmarks.heldout_dataset ... --check
-        check = ["--root", "outputs/heldout_root", "--check", "--gather-only", "--seeds", "0", "1", "2"]
-        out.append(("Held-out dataset", ["-m", "benchmarks.heldout_dataset", *check]))
-    if (ROOT / "outputs" / "quality_heldout_3x").is_dir():
-        check = ["--root", "outputs/heldout_root", "--check", "--gather-only", "--seeds", "0", "1", "2"]
-        check += ["--out", "outputs/quality_heldout_3x", *(f"--override={o}" for o in HELDOUT_3X)]
-        out.append(("Held-out dataset, 3x the budget", ["-m", "benchmarks.heldout_dataset", *check]))
+    for title, folder, overrides in HELDOUT_CHECKS:
+        if (ROOT / "outputs" / folder).is_dir():
+            check = ["--root", "outputs/heldout_root", "--check", "--gather-only", "--seeds", "0", "1", "2"]
+            check += ["--out", f"outputs/{folder}", *(f"--override={o}" for o in overrides)]
+            out.append((title, ["-m", "benchmarks.heldout_dataset", *check]))
     ckpt = ROOT / "outputs" / DEFAULT_QUALITY / "asdt_duty_1_2" / "seed0" / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
         labels = ["-m", "benchmarks.teacher_labels", "--ckpt", str(ckpt.relative_to(ROOT))]
