@@ -264,6 +264,30 @@ def test_not_a_torch_file(tmp_path):
     _assert_one_line(error, str(path))
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("truncated", "truncated or corrupt"),
+        ("whole_model", "pickled Python objects"),
+        ("empty", "is empty"),
+        ("garbage", "not a PyTorch file"),
+    ],
+)
+def test_unreadable_weights_say_what_the_file_is_not_never_weights_only_false(tmp_path, content, says):
+    path = tmp_path / f"{content}.pth"
+    if content == "whole_model":
+        torch.save(torch.nn.Linear(2, 2), path)
+    elif content == "truncated":
+        torch.save(build_backbone("resnet18").state_dict(), path)
+        path.write_bytes(path.read_bytes()[:100_000])
+    else:
+        path.write_bytes(b"" if content == "empty" else b"GIF89a not weights" * 4)
+    with pytest.raises(ASDTUserError) as error:
+        load_backbone_weights(build_backbone("resnet18"), path)
+    _assert_one_line(error, str(path), says)
+    assert "weights_only" not in str(error.value)
+
+
 def test_torch_file_without_state_dict(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(2)], path)

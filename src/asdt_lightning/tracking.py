@@ -9,8 +9,11 @@ Group and run name default to the Hydra sweep's name and the run's overrides.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import math
 import netrc
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,18 @@ from .lit.callbacks import PerClassIoULogger
 from .lit.image_logging import ImagePanelLogger
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# what Lightning and torch print at every start that says nothing about this run
+_NOISE = (
+    "try installing [litlogger]",
+    "Trainer already configured with model summary callbacks",
+)
+_LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric")
+_NOISY_WARNINGS = (
+    r"Precision .* is not supported by the model summary",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r".*'pin_memory' argument is set as true but no accelerator is found",
+    r"The anonymous setting has no effect",
+)
 PROGRESS_BARS = ("rich", "tqdm")
 _WANDB_TARGETS = ("asdt_lightning.tracking.wandb_logger", "lightning.pytorch.loggers.WandbLogger")
 _TENSORBOARD_TARGETS = ("lightning.pytorch.loggers.TensorBoardLogger",)
@@ -138,6 +153,65 @@ def check_tracking(loggers: Mapping[str, Any] | None, tracking: Mapping[str, Any
         raise ASDTUserError(f"tracking.panels must be a number of images >= 0, got {panels!r}")
 
 
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in _NOISE)
+
+
+def quiet_start() -> None:
+    """Drop the start-up lines that say nothing about the run (adverts, notes on our own callbacks, deprecations
+    inside Lightning), and send Lightning's log and the remaining warnings to the root logger: under Hydra, to
+    the console and to ``<run>/<job>.log``."""
+    for pattern in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    own = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    root = logging.getLogger()
+    if root.handlers:  # Hydra configured logging: let its console and file handlers take Lightning's records
+        for logger in own:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+        logging.captureWarnings(True)
+    for handler in [*root.handlers, *(h for logger in own for h in logger.handlers)]:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
+
+
+def announce(text: str, logger: str = "asdt_lightning") -> None:
+    """Show ``text`` to the user: logged where logging is configured (under Hydra: console and run log),
+    else printed."""
+    if logging.getLogger().handlers:
+        logging.getLogger(logger).info(text)
+    else:
+        print(text)
+
+
+class ModelSummary(RichModelSummary):
+    """The rich model summary with FLOPs per training image but without the input/output size columns (the
+    network returns a tuple of four maps, which those columns cannot show)."""
+
+    def summarize(self, summary_data: list[tuple[str, list[str]]], *args: Any, **kwargs: Any) -> None:
+        kept = [(name, column) for name, column in summary_data if name not in ("In sizes", "Out sizes")]
+        super().summarize(kept, *args, **kwargs)
+
+
+class StepsProgressBar(RichProgressBar):
+    """The rich progress bar, reading ``Epoch 3/15`` when training is bounded by ``max_steps`` (Lightning's
+    own reads ``Epoch 3/-2`` then)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if trainer.max_steps > 0 and isinstance(batches, int) and batches > 0:
+            epochs = math.ceil(trainer.max_steps / batches)
+            if trainer.max_epochs not in (None, -1):
+                epochs = min(epochs, trainer.max_epochs)
+            description = f"Epoch {current_epoch}/{epochs - 1}"
+            return f"{description:{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
+
+
 def build_loggers(loggers: Mapping[str, Any] | None, config: Mapping[str, Any] | None = None) -> list[Logger]:
     """Instantiate every configured logger and log the resolved run ``config`` (a plain dict) to each."""
     built = [instantiate(conf) for conf in (loggers or {}).values()]
@@ -157,9 +231,9 @@ def build_callbacks(
     if tracking.get("panels", 0) > 0:
         callbacks.append(ImagePanelLogger(tracking["panels"], out_dir, tracking.get("panel_tile", 192)))
     if tracking.get("progress_bar") == "rich" and trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepsProgressBar())
     if trainer.get("enable_model_summary", True):
-        callbacks.append(RichModelSummary(max_depth=tracking.get("summary_depth", 2)))
+        callbacks.append(ModelSummary(max_depth=tracking.get("summary_depth", 2)))
     return callbacks
 
 

@@ -10,6 +10,7 @@ Writes to the run's Hydra folder: ``metrics.json``, ``config_resolved.yaml``, ``
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,21 +21,27 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import check_dataset, check_resume_checkpoint, check_trainer
+from .cli import run_preflight
 from .data.datamodule import SegmentationDataModule
 from .data.registry import build_datamodule as build_dataset_module
+from .data.registry import config_class_names
 from .errors import ASDTUserError, run_or_exit
-from .hardware import trainer_settings
-from .io_utils import atomic_write_text
+from .hardware import trainer_settings, uses_cuda
+from .io_utils import atomic_write_text, remove_empty_run_dir
 from .lit.callbacks import PWMCallback
 from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.module import ASDTModule
 from .metrics import miou_table
 from .models.backbones import available_backbones
-from .tracking import build_callbacks, build_loggers, check_tracking, finish_loggers
+from .tracking import announce, build_callbacks, build_loggers, check_tracking, finish_loggers, quiet_start
+
+log = logging.getLogger(__name__)
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Cheap checks of the whole config, before any data or model is built."""
+    """Cheap checks of the whole config, before any data or model is built (also run by ``preflight`` on every
+    job of a multirun before the first starts)."""
     PWMCallback(**cfg.pwm)  # validates period, duty, phase, warmup
     if cfg.backbone.name not in available_backbones():
         raise ASDTUserError(
@@ -44,6 +51,18 @@ def check_config(cfg: DictConfig) -> None:
     if weights is not None and not Path(weights).expanduser().is_file():
         raise ASDTUserError(f"backbone.weights file not found: {weights}")
     check_tracking(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else {}, cfg.tracking)
+    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+    data: dict[str, Any] = OmegaConf.to_container(cfg.dataset, resolve=True)  # type: ignore[assignment]
+    check_dataset(data)
+    if cfg.get("ckpt_path"):
+        plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "backbone")}
+        net = network_settings(plain["model"], plain["backbone"])  # type: ignore[arg-type]
+        check_resume_checkpoint(cfg.ckpt_path, net, config_class_names(data), data["has_background"], data["name"])
+
+
+def network_settings(model: dict[str, Any], backbone: dict[str, Any]) -> dict[str, Any]:
+    """``ASDTModule``'s ``net`` argument: the heads' settings and the backbone's (its name as ``backbone``)."""
+    return {**model["net"], "backbone": backbone["name"], **{k: v for k, v in backbone.items() if k != "name"}}
 
 
 def build_datamodule(data: dict[str, Any], seed: int) -> SegmentationDataModule:
@@ -55,7 +74,7 @@ def build_datamodule(data: dict[str, Any], seed: int) -> SegmentationDataModule:
 def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
     model, backbone, data = cfg["model"], cfg["backbone"], cfg["dataset"]
     return ASDTModule(
-        net={**model["net"], "backbone": backbone["name"], **{k: v for k, v in backbone.items() if k != "name"}},
+        net=network_settings(model, backbone),
         class_names=class_names,
         has_background=data["has_background"],
         image_mean=data["mean"],
@@ -73,13 +92,18 @@ def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Check, build, fit, validate; returns (and writes) the metrics."""
     check_config(cfg)
+    quiet_start()
     out_dir = Path(cfg.output_dir)
     plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    accelerator = str(plain["trainer"].get("accelerator", "auto"))
+    plain["dataset"]["pin_memory"] = bool(plain["dataset"]["pin_memory"]) and uses_cuda(accelerator)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(plain["dataset"], cfg.seed)
     module = build_module(plain, list(datamodule.class_names))
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
+    crop = plain["dataset"]["crop_size"]
+    module.example_input_array = torch.zeros(1, 3, crop, crop)  # the model summary's FLOPs per training image
     atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     callbacks = [
@@ -97,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(plain.get("logger"), {k: v for k, v in plain.items() if k != "hydra"})
     callbacks += build_callbacks(plain["tracking"], plain["trainer"], out_dir, has_loggers=bool(loggers))
     trainer = L.Trainer(
-        **trainer_settings(plain["trainer"]),
+        **{**trainer_settings(plain["trainer"]), "enable_model_summary": False},  # build_callbacks adds the summary
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=out_dir,
@@ -125,14 +149,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "fused": "fused (max R, S)",
     }
     table = miou_table({branch_names[k]: v for k, v in metrics["miou"].items()})
-    print(f"\n{table}\n(CAM at its best background threshold {metrics['cam_threshold']}; outputs in {out_dir})")
+    announce(f"\n{table}\n(CAM at its best background threshold {metrics['cam_threshold']}; outputs in {out_dir})")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    metrics = run_or_exit(train, cfg)
+def hydra_main(cfg: DictConfig) -> float:
+    metrics = run_or_exit(train_in_run_dir, cfg)
     return metrics["miou"]["fused"]
+
+
+def train_in_run_dir(cfg: DictConfig) -> dict[str, Any]:
+    """``train`` in Hydra's run folder, which is removed again when the run is refused before it wrote anything."""
+    try:
+        return train(cfg)
+    except ASDTUserError:
+        remove_empty_run_dir(cfg.output_dir)
+        raise
+
+
+def main() -> None:
+    """``python -m asdt_lightning.train``: every job's config checked, then Hydra runs the job(s)."""
+    run_preflight("train", check_config)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ def dataset_class_names(name: str) -> list[str]:
     return list(DATASET_CLASSES[name])
 
 
+def config_class_names(data: Mapping[str, Any]) -> list[str]:
+    """The foreground class names a ``dataset`` config trains on, without opening its root."""
+    if data.get("class_names"):
+        return list(data["class_names"])
+    if data["name"] == "coco_stuff":
+        return list(coco_stuff_class_names(int(data.get("classes", 171))))
+    return dataset_class_names(data["name"])
+
+
 def default_synthetic_root(spec: SyntheticSpec) -> Path:
     """A cache folder unique to the generator's spec, so two specs never share a root."""
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:10]

@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..errors import ASDTUserError
+from ..io_utils import unreadable_torch_file
 
 __all__ = [
     "BACKBONES",
@@ -352,10 +353,7 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, or a pickle with arbitrary objects
-        raise ASDTUserError(
-            f"could not read weights file {path} as a PyTorch state dict ({_first_line(error)}); "
-            f"save one with torch.save(model.state_dict(), path)"
-        ) from error
+        raise ASDTUserError(f"cannot use backbone.weights: {unreadable_torch_file(path, error)}") from None
     for nested in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(nested), Mapping):
             state = state[nested]
