@@ -119,7 +119,7 @@ def wandb_logger(
     resolved = resolve_wandb_mode(mode)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
         group=group or default_group(info),
         name=name or info.get("overrides") or save_dir.name,
@@ -130,6 +130,10 @@ def wandb_logger(
         mode=resolved,
         **kwargs,
     )
+    init = getattr(logger, "_wandb_init", None)  # Lightning always passes anonymous=, which wandb now warns of
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    return logger
 
 
 def check_tracking(loggers: Mapping[str, Any] | None, tracking: Mapping[str, Any]) -> None:

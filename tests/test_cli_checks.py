@@ -1,0 +1,162 @@
+"""A new user's mistakes on the training command line: each is one ``error:`` line before any work, and a clean
+run prints nothing that is not about the run."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from asdt_lightning.cli import preflight
+from asdt_lightning.errors import ASDTUserError
+from asdt_lightning.tracking import StepsProgressBar, wandb_logger
+from asdt_lightning.train import check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "dataset.synthetic.num_train=8",
+    "dataset.synthetic.num_val=4",
+    "dataset.synthetic.image_size=64",
+    "dataset.crop_size=64",
+    "dataset.val_size=64",
+    "dataset.batch_size=2",
+    "dataset.val_batch_size=2",
+    "model.net.head_channels=8",
+    "model.cam_scales=[1.0]",
+    "trainer.accelerator=cpu",
+]
+
+
+def refused(*argv: str) -> str:
+    with pytest.raises(ASDTUserError) as err:
+        preflight("train", list(argv), check_config)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["backbone=resnet7"], "backbone=resnet7: no such option; choose one of: resnet101, resnet18, resnet38"),
+        (["dataset=cityscapes"], "dataset=cityscapes: no such option; choose one of: coco_stuff, synthetic, voc"),
+        (["pwm.dutty=0.5"], "unknown key pwm.dutty; pwm has: duty, period, phase, warmup; did you mean pwm.duty?"),
+        (["+pwm.dutty=0.5"], "unknown key pwm.dutty (added with +)"),
+        (["+model.loss.clss=2"], "did you mean model.loss.cls?"),
+        (["+trainer.max_stepz=3"], "trainer.max_stepz is not an argument of lightning.Trainer"),
+        (["dataset=voc", "dataset.synthetic.num_train=3"], "unknown key dataset.synthetic.num_train; dataset has:"),
+        (["pwm.duty=0.5)"], "Error parsing override 'pwm.duty=0.5)'"),
+        (["trainer.max_steps=-5"], "trainer.max_steps must be a number of steps >= 1"),
+        (["trainer.max_steps=0"], "trainer.max_steps must be a number of steps >= 1"),
+        (["dataset.batch_size=0"], "dataset.batch_size must be a whole number >= 1, got 0"),
+        (["dataset.num_workers=-1"], "dataset.num_workers must be >= 0"),
+        (["trainer.precision=bf17"], "trainer.precision=bf17 is not a precision"),
+        (["dataset.on_bad_sample=ignore"], "dataset.on_bad_sample must be one of error, skip"),
+    ],
+)
+def test_bad_command_lines_are_one_line(argv, says):
+    assert says in refused(*argv)
+
+
+def test_lightning_trainer_arguments_may_be_added():
+    assert preflight("train", ["+trainer.limit_val_batches=2", "+logger.csv.flush_logs_every_n_steps=5"]) == 1
+
+
+def test_trainer_gpu_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no GPU is visible here" in refused("trainer=gpu")
+
+
+def test_a_multirun_is_checked_job_by_job_before_the_first_starts():
+    message = refused("-m", "pwm.duty=0.5,1.5")
+    assert "pwm.duty must lie in [0, 1]" in message
+    assert "(job: pwm.duty=1.5)" in message
+    assert preflight("train", ["-m", "sweep=pwm_duty"], check_config) == 18
+    assert preflight("train", ["-m", "model.cam_scales=[1.0,0.5]", "seed=0,1"], check_config) == 2
+
+
+def _fake_checkpoint(path: Path, backbone: str = "resnet18", classes: int = 6) -> Path:
+    net = {"backbone": backbone, "output_stride": 8, "head_channels": 128, "head_dilation": 2, "skip_channels": 0}
+    names = ["apple", "bell", "cone", "drum", "egg", "flag"][:classes]
+    hparams = {"net": net, "class_names": names, "has_background": True}
+    torch.save({"state_dict": {}, "hyper_parameters": hparams, "global_step": 3}, path)
+    return path
+
+
+def test_ckpt_path_is_checked_before_any_work(tmp_path):
+    assert "no such file" in refused(f"ckpt_path={tmp_path / 'missing.ckpt'}")
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    assert "is not a checkpoint (not a PyTorch file)" in refused(f"ckpt_path={text}")
+    other_backbone = _fake_checkpoint(tmp_path / "r50.ckpt", backbone="resnet50")
+    assert "backbone 'resnet50' there, 'resnet18' here" in refused(f"ckpt_path={other_backbone}")
+    fewer_classes = _fake_checkpoint(tmp_path / "three.ckpt", classes=3)
+    assert "trained on 3 classes" in refused(f"ckpt_path={fewer_classes}")
+    voc = refused(f"ckpt_path={_fake_checkpoint(tmp_path / 'ok.ckpt')}", "dataset=voc")
+    assert "trained on 6 classes" in voc and "dataset 'voc' has 20" in voc
+    synthetic = _fake_checkpoint(tmp_path / "same.ckpt")
+    assert preflight("train", [f"ckpt_path={synthetic}"], check_config) == 1
+
+
+def _run(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "asdt_lightning.train", *argv]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_refused_runs_print_one_line_exit_2_and_leave_no_folder(tmp_path):
+    for argv in (["+pwm.dutty=0.5"], ["-m", "pwm.duty=1.5,0.5"], ["dataset=voc", f"dataset.root={tmp_path}/none"]):
+        result = _run(*argv, "hydra.run.dir=runs/one", "hydra.sweep.dir=runs/many", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert not (tmp_path / "runs").exists(), argv
+
+
+def test_a_tiny_run_starts_quietly_logs_to_its_log_and_respects_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        result = _run(*TINY, "trainer.max_steps=2", "tracking.panels=1", "hydra.run.dir=run", cwd=tmp_path)
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = result.stdout + result.stderr
+    for noise in (
+        "litlogger",
+        "already configured with model summary",
+        "not supported by the model summary",
+        "LeafSpec",
+        "Total FLOPs: 0 ",
+        "Epoch 0/-",
+        "pin_memory",
+        "anonymous",
+    ):
+        assert noise not in shown, noise
+    run = tmp_path / "run"
+    log = (run / "train.log").read_text()
+    assert "Trainer.fit" in log and "fused (max R, S)" in log
+    for path in [run / "metrics.json", run / "config_resolved.yaml", run / "checkpoints" / "last.ckpt"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    panels = list((run / "panels").glob("*.png"))
+    assert panels and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in panels)
+
+
+def test_progress_bar_counts_epochs_of_a_max_steps_run():
+    bar = StepsProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=1200, num_training_batches=75, max_epochs=-1)
+    assert bar._get_train_description(3).strip() == "Epoch 3/15"
+
+
+def test_wandb_is_a_dependency_and_starts_without_the_anonymous_warning(tmp_path):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(dep.startswith("wandb") for dep in project["dependencies"])
+    logger = wandb_logger(save_dir=tmp_path, mode="offline")
+    assert "anonymous" not in logger._wandb_init
