@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .cli import run_preflight
 from .config import plain_config
 from .data.inference import InferenceImages, pad_collate, reader_for, same_size_batches
 from .data.voc import write_mask_png
@@ -277,9 +278,15 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="pseudo_labels")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     required = {"ckpt": "ckpt=outputs/<run>/checkpoints/last.ckpt (an ASDT checkpoint)"}
     run_or_exit(lambda: run_export(plain_config(cfg, required)))
+
+
+def main() -> None:
+    """The command line: composition errors (bad option, unknown key) as one line before Hydra starts."""
+    run_preflight("pseudo_labels")
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from .cli import run_preflight
 from .config import plain_config
 from .data.pseudo_masks import pseudo_mask_datamodule
 from .errors import ASDTUserError, run_or_exit
@@ -105,9 +106,15 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="segment")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     metrics = run_or_exit(segment, cfg)
     return metrics["miou"]
+
+
+def main() -> None:
+    """The command line: composition errors (bad option, unknown key) as one line before Hydra starts."""
+    run_preflight("segment")
+    hydra_main()
 
 
 if __name__ == "__main__":
