@@ -163,15 +163,22 @@ class _DropNoise(logging.Filter):
         return not any(noise in message for noise in _NOISE)
 
 
+def hydra_logging() -> bool:
+    """Whether this is a Hydra job, whose logging Hydra configured (console and ``<run>/<job>.log``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and bool(logging.getLogger().handlers)
+
+
 def quiet_start() -> None:
     """Drop the start-up lines that say nothing about the run (adverts, notes on our own callbacks, deprecations
-    inside Lightning), and send Lightning's log and the remaining warnings to the root logger: under Hydra, to
-    the console and to ``<run>/<job>.log``."""
+    inside Lightning), and, in a Hydra job, send Lightning's log and the remaining warnings to Hydra's console
+    and ``<run>/<job>.log`` handlers."""
     for pattern in _NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     own = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
     root = logging.getLogger()
-    if root.handlers:  # Hydra configured logging: let its console and file handlers take Lightning's records
+    if hydra_logging():  # let Hydra's console and file handlers take Lightning's records
         for logger in own:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
@@ -183,9 +190,8 @@ def quiet_start() -> None:
 
 
 def announce(text: str, logger: str = "asdt_lightning") -> None:
-    """Show ``text`` to the user: logged where logging is configured (under Hydra: console and run log),
-    else printed."""
-    if logging.getLogger().handlers:
+    """Show ``text`` to the user: logged in a Hydra job (console and run log), else printed."""
+    if hydra_logging():
         logging.getLogger(logger).info(text)
     else:
         print(text)
