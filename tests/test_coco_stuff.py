@@ -227,7 +227,8 @@ def test_training_runs_end_to_end_on_a_tiny_coco_stuff_root(tmp_path, monkeypatc
     monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
     root = make_coco(tmp_path, n=8, size=(60, 80))
     bad = "COCO_train2014_000000000006"  # first of the test list: in the first validation batch
-    (root / "images" / f"{bad}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    data = (root / "images" / f"{bad}.jpg").read_bytes()  # a whole header (it passes the check), a cut body
+    (root / "images" / f"{bad}.jpg").write_bytes(data[: data.index(b"\xff\xda") + 20])
     cfg = tiny_train_config(
         tmp_path, root, "pwm.duty=0.5", "trainer.fast_dev_run=true", "dataset.on_bad_sample=skip", "tracking.panels=2"
     )

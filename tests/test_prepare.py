@@ -79,17 +79,21 @@ def test_voc_report_names_missing_parts_and_where_to_get_them(tmp_path, monkeypa
 
 def test_bad_samples_are_listed_and_set_the_status(tmp_path, monkeypatch):
     monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
-    root = make_voc(tmp_path, {"a": ["cat"], "b": ["dog"], "c": ["bus"]})
-    (root / "JPEGImages" / "a.jpg").write_bytes(b"\xff\xd8 broken")
+    root = make_voc(tmp_path, {"a": ["cat"], "b": ["dog"], "c": ["bus"], "d": ["car"]})
+    (root / "JPEGImages" / "a.jpg").write_bytes(b"\xff\xd8 broken")  # a broken header
+    data = (root / "JPEGImages" / "d.jpg").read_bytes()
+    (root / "JPEGImages" / "d.jpg").write_bytes(data[: data.index(b"\xff\xda") + 20])  # a whole header, no body
     (root / "Annotations" / "c.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
     report = dataset_report(VOCReader(root), ["val"], scan=True)
     [val] = report.splits
-    assert (val.entries, val.usable) == (3, 1) and len(val.problems) == 2
+    assert (val.entries, val.usable) == (4, 1) and len(val.problems) == 3
     text = format_report(report)
-    assert "a.jpg" in text and "unicorn" in text and "problems (2)" in text
+    assert "a.jpg" in text and "d.jpg: image file is truncated" in text and "unicorn" in text
+    assert "problems (3)" in text
     assert exit_status(report, ["val"], "error")[0] == 1 and exit_status(report, ["val"], "skip") == (0, None)
-    unscanned = dataset_report(VOCReader(root), ["val"], scan=False)
-    assert unscanned.splits[0].usable == 2  # the broken JPEG is only found by decoding it
+    [unscanned] = dataset_report(VOCReader(root), ["val"], scan=False).splits
+    assert unscanned.usable == 2  # the header check (which training runs too) finds a.jpg; only a decode finds d.jpg
+    assert any("a.jpg" in p for p in unscanned.problems) and not any("d.jpg" in p for p in unscanned.problems)
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="shared VOC val masks not available")

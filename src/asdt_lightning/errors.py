@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# How torch re-raises an exception of a DataLoader worker (``ExceptionWrapper.reraise``): the type called with
+# "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback ...", ending in "<module>.<Type>: <message>".
+_WORKER_RERAISE = re.compile(r"Caught (\w+) in [^\n]*\.\nOriginal Traceback \(most recent call last\):\n")
+
+
+def worker_message(error_type: type[BaseException], text: str) -> str | None:
+    """The original message inside torch's re-raise text of a worker's ``error_type``, or None for plain text."""
+    match = _WORKER_RERAISE.match(text)
+    if match is None or match.group(1) != error_type.__name__:
+        return None
+    head = f"{error_type.__module__}.{error_type.__qualname__}: "
+    lines = text.rstrip("\n").split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith(head)]
+    if not starts:
+        return None
+    return "\n".join(lines[starts[-1] :])[len(head) :]
+
 
 class ASDTUserError(ValueError):
-    """A bad configuration or input that the user can fix; the message says what and how."""
+    """A bad configuration or input that the user can fix; the message says what and how.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process with the worker's whole traceback as
+    its message; the constructor keeps the original message (the traceback stays in ``worker_traceback``), so
+    the error reads the same wherever it was raised.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        original = worker_message(type(self), text)
+        self.worker_traceback = text if original is not None else None
+        super().__init__(text if original is None else original)
 
 
 class DatasetError(ASDTUserError):

@@ -7,7 +7,8 @@
 A Hydra entry point, so that ``dataset=...`` and every ``dataset.*`` override mean exactly what they mean for
 ``asdt_lightning.train`` (same config group, same reader). It resolves the root (exit 2 with one ``error:`` line when
 it is not a dataset), converts COCO-Stuff's ``.mat`` files into the PNG label cache, resolves every list (the same
-check training runs first), optionally decodes every sample (``scan``), and prints counts per list and per class and
+check training runs first: files, labels and the image and mask headers), optionally decodes the samples that pass it
+(``scan``: a truncated JPEG body, a label value outside the classes), and prints counts per list and per class and
 the problems found. Exit status: 0 when training can run, 1 when bad samples were found and
 ``dataset.on_bad_sample=error``, 2 when the root or a list is missing.
 """
@@ -87,7 +88,8 @@ def _scan_task(args: tuple[SegmentationReader, str, bool]) -> tuple[str, list[in
 def scan_split(
     reader: SegmentationReader, names: Sequence[str], targets: bool, workers: int = 0
 ) -> list[tuple[str, list[int] | None, str | None]]:
-    """Decode every sample of a list (in ``workers`` processes when > 1); see :func:`_scan_one`."""
+    """Decode every sample of a list (in ``workers`` processes when > 1); see :func:`_scan_one`. Given the
+    entries that passed :meth:`~.SegmentationReader.entries`, it finds only what a decode shows."""
     tasks = [(reader, n, targets) for n in names]
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(workers) as pool:

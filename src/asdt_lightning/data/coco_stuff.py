@@ -33,7 +33,7 @@ from ..constants import IGNORE_INDEX
 from ..errors import DatasetError
 from ..io_utils import atomic_write_text, cache_dir
 from .dataset import SegmentationDataset, SegmentationReader, list_file_path
-from .voc import read_mask, write_mask_png
+from .voc import mask_mode_problem, read_mask, write_mask_png
 
 COCO_STUFF_URL = "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/cocostuff-10k-v1.1.zip"
 # fmt: off
@@ -426,6 +426,23 @@ class CocoStuffReader(SegmentationReader):
         if path.parent != self.cache.labels:  # a user's PNG: check its ids (the cache's were checked once)
             check_raw_ids(raw, path)
         return self.lookup[raw]
+
+    def mask_header_file(self, name: str) -> Path | None:
+        """The converted PNG of a ``.mat`` (or the user's PNG): PIL cannot read a ``.mat`` header, and a ``.mat``
+        left unconverted is one whose conversion failed, which :meth:`load_labels` reports already."""
+        path = self.mask_file(name)
+        return None if path is None or path.suffix == ".mat" else path
+
+    def mask_header_problem(self, path: Path, mode: str) -> str | None:
+        return mask_mode_problem(path, mode)
+
+    def header_problem(self, name: str, targets: bool = True) -> str | None:
+        """As for any reader; a problem of a converted PNG also names the ``.mat`` to fix."""
+        problem = super().header_problem(name, targets)
+        png = self.cache.png(name)
+        if problem is not None and str(png) in problem and (src := self.source(name)) is not None:
+            problem += f" (converted from {src})"
+        return problem
 
 
 class CocoStuffSegmentation(SegmentationDataset):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..errors import DatasetError
 from ..io_utils import atomic_write, atomic_write_text, cache_dir
-from .dataset import SegmentationDataset, SegmentationReader, list_file_path, read_list_file
+from .dataset import SegmentationDataset, SegmentationReader, list_file_path, read_list_file, unreadable
 
 # fmt: off
 VOC_CLASSES: tuple[str, ...] = (
@@ -47,18 +47,28 @@ def voc_palette() -> list[int]:
     return palette
 
 
+MASK_MODES = ("P", "L")  # palette or greyscale: one class index per pixel
+
+
+def mask_mode_problem(path: str | Path, mode: str) -> str | None:
+    """The problem of a label map whose PIL mode holds colours, not class indices; None for P and L."""
+    if mode in MASK_MODES:
+        return None
+    return (
+        f"mask {path} is a {mode} image; masks must be palette (or greyscale) PNGs of class indices, not colours: "
+        "use the VOC SegmentationClass/ PNGs or convert colours to indices"
+    )
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A palette (or greyscale) PNG label map -> (H, W) uint8 class indices (255 = ignore). RGB is refused."""
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DatasetError(
-                    f"mask {path} is a {im.mode} image; masks must be palette (or greyscale) PNGs of class "
-                    "indices, not colours: use the VOC SegmentationClass/ PNGs or convert colours to indices"
-                )
+            if (problem := mask_mode_problem(path, im.mode)) is not None:
+                raise DatasetError(problem)
             return np.array(im, dtype=np.uint8)
-    except OSError as err:
-        raise DatasetError(f"cannot read mask {path}: {err}; fix or remove that file") from None
+    except (OSError, SyntaxError) as err:
+        raise unreadable("mask", Path(path), err) from None
 
 
 def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
@@ -269,6 +279,9 @@ class VOCReader(SegmentationReader):
 
     def decode_mask(self, path: Path) -> np.ndarray:
         return read_mask(path)
+
+    def mask_header_problem(self, path: Path, mode: str) -> str | None:
+        return mask_mode_problem(path, mode)
 
 
 class VOCSegmentation(SegmentationDataset):
