@@ -160,3 +160,17 @@ def test_wandb_is_a_dependency_and_starts_without_the_anonymous_warning(tmp_path
     assert any(dep.startswith("wandb") for dep in project["dependencies"])
     logger = wandb_logger(save_dir=tmp_path, mode="offline")
     assert "anonymous" not in logger._wandb_init
+
+
+@pytest.mark.parametrize(
+    ("config", "argv", "says"),
+    [
+        ("pseudo_labels", ["brnch=fused"], "unknown key brnch; the config has: batch_size, branch"),
+        ("segment", ["segmenter=deeplabv9"], "segmenter=deeplabv9: no such option; choose one of: deeplabv2"),
+        ("prepare", ["dataset=vocc"], "dataset=vocc: no such option"),
+    ],
+)
+def test_other_entry_points_refuse_bad_command_lines_in_one_line(config, argv, says):
+    with pytest.raises(ASDTUserError, match=None) as err:
+        preflight(config, argv)
+    assert says in str(err.value)

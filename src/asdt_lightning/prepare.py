@@ -26,6 +26,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .cli import run_preflight
 from .constants import IGNORE_INDEX
 from .data.coco_stuff import COCO_STUFF_URL, CocoStuffReader
 from .data.dataset import SegmentationReader
@@ -226,9 +227,15 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     status = run_or_exit(run, cfg)
     sys.exit(status)
+
+
+def main() -> None:
+    """The command line: composition errors (bad option, unknown key) as one line before Hydra starts."""
+    run_preflight("prepare")
+    hydra_main()
 
 
 if __name__ == "__main__":
