@@ -1,5 +1,6 @@
 """Evaluation: the VOC mIoU definition (hand-computed and against a numpy implementation), PNG folders, reports."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -159,3 +160,95 @@ def test_checkpoint_of_another_dataset_is_refused(tmp_path):
 def test_exactly_one_source_is_required(tmp_path):
     with pytest.raises(ASDTUserError, match="exactly one"):
         run_evaluate(compose_plain("evaluate", f"out={tmp_path}", *FAST))
+
+
+def _tiny_model_and_images(tmp_path):
+    """A small random ASDT checkpoint loaded for inference and the tiny synthetic 'val' list."""
+    from asdt_lightning.data.inference import InferenceImages
+    from asdt_lightning.lit.inference import load_model
+
+    reader, data = tiny_reader()
+    ckpt = save_asdt_checkpoint(tmp_path / "last.ckpt")
+    module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], torch.device("cpu"))
+    return module, InferenceImages(reader, "val", data["mean"], data["std"], require_masks=True)
+
+
+def _counting(monkeypatch, owner, name: str) -> list:
+    """Replace ``owner.name`` by a wrapper that records each call; returns the record."""
+    calls: list = []
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+def test_one_forward_and_one_crf_kernel_per_batch_for_every_branch_and_crf(tmp_path, monkeypatch):
+    """4 branches x (none, local CRF) and the CAM threshold sweep share each batch's forward and CRF kernel,
+    and a second pass (CAM + CRF at the chosen threshold) computes them again only for batches not kept."""
+    import asdt_lightning.lit.inference as inference
+    from asdt_lightning.evaluate import evaluate_model
+    from asdt_lightning.lit.inference import INFERENCE_CRF, InferenceParams
+
+    module, images = _tiny_model_and_images(tmp_path)
+    forwards = _counting(monkeypatch, module, "branch_probabilities")
+    kernels = _counting(monkeypatch, inference, "crf_kernel")
+    params = InferenceParams(crf_params=dataclasses.replace(INFERENCE_CRF, iterations=2, window=5))
+    branches, crfs = ["cam", "refine", "student", "fused"], ["none", "local"]
+    batches = -(-len(images) // 2)
+    kept = evaluate_model(module, images, branches, crfs, params, torch.device("cpu"), batch_size=2, progress=False)
+    assert (len(forwards), len(kernels)) == (batches, batches)
+    forwards.clear(), kernels.clear()
+    again = evaluate_model(
+        module, images, branches, crfs, params, torch.device("cpu"), batch_size=2, progress=False, cache_bytes=0
+    )
+    assert (len(forwards), len(kernels)) == (2 * batches, 2 * batches)
+    assert again["results"] == kept["results"] and again["cam_threshold"] == kept["cam_threshold"]
+
+
+def test_threshold_sweep_equals_scoring_each_threshold_alone():
+    from asdt_lightning.evaluate import Accumulator, ThresholdSweep
+    from asdt_lightning.method.fusion import cam_labels_per_threshold, cam_probabilities
+
+    generator = torch.Generator().manual_seed(0)
+    cams = torch.rand(3, 4, 9, 11, generator=generator)
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]])
+    target = torch.randint(0, 5, (3, 9, 11), generator=generator)
+    target[0, :2] = 255
+    thresholds = (0.1, 0.3, 0.5, 0.9)
+    sweep = ThresholdSweep(thresholds, 5)
+    sweep.update(cams, labels, target)
+    sweep.update(cams.flip(-1), labels, target)
+    for i, (t, pred) in enumerate(zip(thresholds, cam_labels_per_threshold(cams, labels, thresholds), strict=True)):
+        assert torch.equal(pred, cam_probabilities(cams, labels, t).argmax(1))
+        alone = Accumulator(5)
+        alone.update(pred, target)
+        alone.update(cam_probabilities(cams.flip(-1), labels, t).argmax(1), target)
+        assert torch.equal(sweep.accumulator(i).confusion, alone.confusion)
+    with pytest.raises(ValueError, match="ground-truth labels"):
+        sweep.update(cams, labels, torch.full((3, 9, 11), 5))
+
+
+def test_shared_crf_kernel_gives_the_per_call_crf(tmp_path):
+    """The local CRF with a batch's shared kernel equals the standalone CRF, batched and image by image."""
+    from asdt_lightning.lit.inference import INFERENCE_CRF, CRFKernels, crf_per_image_group
+    from asdt_lightning.method.dense_crf import refine_with_crf
+
+    generator = torch.Generator().manual_seed(1)
+    params = dataclasses.replace(INFERENCE_CRF, iterations=3, window=5)
+    rgb = torch.rand(2, 3, 12, 14, generator=generator) * 255
+    probs = torch.softmax(torch.randn(2, 4, 12, 14, generator=generator) * 2, 1)
+    allowed = torch.tensor([[True, True, False, True], [True, False, False, True]])
+    kernels = CRFKernels()
+    shared = crf_per_image_group("local", rgb, probs, params, allowed, [(12, 14)] * 2, kernels)
+    again = crf_per_image_group("local", rgb, probs.flip(1), params, allowed, [(12, 14)] * 2, kernels)
+    assert kernels.built == 1
+    assert torch.allclose(shared, refine_with_crf("local", rgb, probs, params, allowed), atol=1e-5)
+    assert torch.allclose(again, refine_with_crf("local", rgb, probs.flip(1), params, allowed), atol=1e-5)
+    mixed = crf_per_image_group("local", rgb, probs, params, allowed, [(12, 14), (8, 9)], CRFKernels())
+    alone = refine_with_crf("local", rgb[1:, :, :8, :9], probs[1:, :, :8, :9], params, allowed[1:])
+    assert torch.allclose(mixed[1:, :, :8, :9], alone, atol=1e-5)
+    assert torch.equal(mixed[1:, :, 8:], probs[1:, :, 8:])

@@ -51,6 +51,14 @@ def test_short_run_writes_a_checkpoint_that_resumes(tmp_path):
     assert metrics["global_step"] == 5
 
 
+def test_last_checkpoint_holds_the_final_step_after_a_validation_part_way(tmp_path):
+    # 8 images in batches of 2: 4 steps an epoch; validation (and a checkpoint) at step 4, training ends at 6
+    train(config(tmp_path, "trainer.max_steps=6", "trainer.check_val_every_n_epoch=1", "logger=none"))
+    checkpoints = tmp_path / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-step000004.ckpt"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .data.voc import read_mask
 from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write, atomic_write_text
 from .lit.inference import (
+    CRFKernels,
     InferenceParams,
     crf_params_from,
     label_maps,
@@ -43,7 +45,7 @@ from .lit.inference import (
     resolve_device,
 )
 from .method.dense_crf import CRF_CHOICES, check_crf
-from .method.fusion import BRANCH_CHOICES, cam_probabilities
+from .method.fusion import BRANCH_CHOICES, cam_labels_per_threshold
 from .metrics import confusion_and_unlabelled, scores_table, segmentation_scores
 
 BRANCH_TITLES = {
@@ -55,6 +57,7 @@ BRANCH_TITLES = {
     "folder": "PNG folder",
 }
 DEFAULT_CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+CACHE_BYTES = 2 << 30  # first-pass batches (CAMs, images, CRF kernels) the CAM + CRF pass may reuse from memory
 
 
 class Accumulator:
@@ -77,8 +80,112 @@ class Accumulator:
         }
 
 
+class ThresholdSweep:
+    """The CAM's (T, K, K) confusion matrices at every background threshold, filled with one bincount per batch."""
+
+    def __init__(self, thresholds: Sequence[float], num_labels: int) -> None:
+        self.thresholds = tuple(thresholds)
+        self.confusion = torch.zeros(len(self.thresholds), num_labels, num_labels, dtype=torch.int64)
+
+    def update(self, norm_cams: torch.Tensor, image_labels: torch.Tensor, target: torch.Tensor) -> None:
+        """(B, C, H, W) normalised CAMs, (B, C) image labels, (B, H, W) ground truth (255 ignored)."""
+        t, k = self.confusion.shape[:2]
+        target = target.to(norm_cams.device)
+        keep = target != IGNORE_INDEX
+        kept = target[keep]
+        if kept.numel() and (int(kept.max()) >= k or int(kept.min()) < 0):
+            raise ValueError(f"ground-truth labels must lie in [0, {k}) or be {IGNORE_INDEX}")
+        labels = cam_labels_per_threshold(norm_cams, image_labels, self.thresholds)
+        codes = [(i * k + kept) * k + pred[keep] for i, pred in enumerate(labels)]
+        self.confusion += torch.bincount(torch.cat(codes), minlength=t * k * k).view(t, k, k).cpu()
+
+    def best(self, label_names: Sequence[str]) -> int:
+        """The index of the threshold of highest mIoU (the first on ties)."""
+        return max(
+            range(len(self.thresholds)), key=lambda i: segmentation_scores(self.confusion[i], label_names)["miou"]
+        )
+
+    def accumulator(self, index: int) -> Accumulator:
+        """The scores at threshold ``index`` (no pixel is left unlabelled by a CAM argmax)."""
+        accumulator = Accumulator(self.confusion.shape[1])
+        accumulator.confusion += self.confusion[index]
+        return accumulator
+
+
 def label_names_of(class_names: Sequence[str], has_background: bool) -> list[str]:
     return (["background"] if has_background else []) + list(class_names)
+
+
+@dataclasses.dataclass
+class ScoredBatch:
+    """One batch's network maps and what scoring them takes: images' RGB and labels, ground truth, CRF kernels."""
+
+    outputs: dict[str, torch.Tensor]
+    rgb: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor  # (B, H, W) ground truth, kept on the CPU
+    sizes: list[tuple[int, int]]
+    kernels: CRFKernels
+
+    def to(self, device: torch.device | str, keys: Sequence[str] | None = None) -> ScoredBatch:
+        """A copy on ``device`` holding only the maps in ``keys`` (None: all)."""
+        outputs = {k: v.to(device) for k, v in self.outputs.items() if keys is None or k in keys}
+        rgb, labels, kernels = self.rgb.to(device), self.labels.to(device), self.kernels.to(device)
+        return ScoredBatch(outputs, rgb, labels, self.masks, self.sizes, kernels)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.outputs.values(), self.rgb, self.labels, self.masks]
+        return sum(t.numel() * t.element_size() for t in tensors) + self.kernels.nbytes
+
+
+def forward_batch(
+    module: torch.nn.Module, batch: dict[str, Any], params: InferenceParams, device: torch.device
+) -> ScoredBatch:
+    """The network's maps of one collated batch (one forward per scale and flip), ready for scoring."""
+    images, labels = batch["image"].to(device), batch["labels"].to(device)
+    outputs = model_outputs(module, images, labels, params.scales, params.flip)
+    return ScoredBatch(outputs, batch["rgb"].to(device), labels, batch["mask"], list(batch["size"]), CRFKernels())
+
+
+def score_jobs(
+    batch: ScoredBatch,
+    jobs: Sequence[tuple[str, str]],
+    params: InferenceParams,
+    cam_threshold: float | None,
+    has_background: bool,
+    acc: dict[tuple[str, str], Accumulator],
+) -> None:
+    """Add every (branch, crf) job's label maps of ``batch`` to its accumulator; CRF kernels are shared."""
+    for branch, crf in jobs:
+        job = dataclasses.replace(
+            params, branch=branch if branch != "segmenter" else "fused", crf=crf, cam_threshold=cam_threshold
+        )
+        pred, _ = label_maps(batch.outputs, batch.rgb, batch.labels, batch.sizes, job, has_background, batch.kernels)
+        acc[(branch, crf)].update(pred, batch.masks)
+
+
+class BatchCache:
+    """First-pass batches kept (on the CPU, up to ``budget`` bytes) for the CAM + CRF pass, which then needs no
+    second forward nor CRF kernel for them; the batches that did not fit are recomputed."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.batches: dict[int, ScoredBatch] = {}
+
+    def offer(self, index: int, batch: ScoredBatch) -> None:
+        kept = batch.to("cpu", keys=["cam"])
+        if self.used + kept.nbytes <= self.budget:
+            self.batches[index] = kept
+            self.used += kept.nbytes
+
+    def missing(self, count: int) -> list[int]:
+        return [i for i in range(count) if i not in self.batches]
+
+    def drain(self, device: torch.device) -> Iterator[ScoredBatch]:
+        while self.batches:
+            yield self.batches.pop(next(iter(self.batches))).to(device)
+        self.used = 0
 
 
 def evaluate_model(
@@ -92,53 +199,52 @@ def evaluate_model(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,
+    cache_bytes: int = CACHE_BYTES,
 ) -> dict[str, Any]:
     """Scores of every (branch, crf) of a model on a dataset with masks.
 
-    ``branches``: ASDT branches (``cam``, ``refine``, ``student``, ``fused``) or ``["segmenter"]``. With
+    ``branches``: ASDT branches (``cam``, ``refine``, ``student``, ``fused``) or ``["segmenter"]``. Each batch
+    takes one network pass (per scale and flip) and one CRF kernel shared by all its branches. With
     ``params.cam_threshold`` None the CAM (without CRF) is scored at every threshold and the best is kept; its CRF
-    rows then take a second pass at that threshold.
+    rows then take a second pass at that threshold, over the first pass's batches kept in memory (up to
+    ``cache_bytes``) and a new forward for the rest.
     """
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     has_background = base.has_background
     names = label_names_of(base.class_names, has_background)
-    k = len(names)
-    acc = {(b, c): Accumulator(k) for b in branches for c in crfs}
+    acc = {(b, c): Accumulator(len(names)) for b in branches for c in crfs}
     sweep_cam = "cam" in branches and has_background and params.cam_threshold is None
-    sweep = [Accumulator(k) for _ in cam_thresholds] if sweep_cam else []
+    sweep = ThresholdSweep(cam_thresholds, len(names)) if sweep_cam else None
+    first = [(b, c) for b, c in acc if not (sweep_cam and b == "cam")]
+    cam_crfs = [(b, c) for b, c in acc if sweep_cam and b == "cam" and c != "none"]
     sizes = base.image_sizes()
     if isinstance(dataset, Subset):
         sizes = [sizes[i] for i in dataset.indices]
     batches = same_size_batches(sizes, batch_size)  # no padding: scores do not depend on the batch_size
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=pad_collate)
 
-    def run(jobs: Sequence[tuple[str, str]], cam_threshold: float | None, sweep_now: bool, desc: str) -> None:
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-            images, labels = batch["image"].to(device), batch["labels"].to(device)
-            rgb, masks, sizes = batch["rgb"].to(device), batch["mask"], batch["size"]
-            outputs = model_outputs(module, images, labels, params.scales, params.flip)
-            if sweep_now:
-                for threshold, accumulator in zip(cam_thresholds, sweep, strict=True):
-                    pred = cam_probabilities(outputs["cam"], labels, threshold).argmax(1)
-                    accumulator.update(pred, masks)
-            for branch, crf in jobs:
-                job = dataclasses.replace(params, branch=branch if branch != "segmenter" else "fused", crf=crf)
-                job = dataclasses.replace(job, cam_threshold=cam_threshold)
-                pred, _ = label_maps(outputs, rgb, labels, sizes, job, has_background)
-                acc[(branch, crf)].update(pred, masks)
+    def loader(which: list[list[int]], desc: str) -> Iterator[ScoredBatch]:
+        data = DataLoader(dataset, batch_sampler=which, num_workers=num_workers, collate_fn=pad_collate)
+        for batch in tqdm(data, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+            yield forward_batch(module, batch, params, device)
 
     start = time.perf_counter()
-    first = [(b, c) for b, c in acc if not (sweep_cam and b == "cam")]
-    run(first, params.cam_threshold, sweep_cam, "evaluating")
+    cache = BatchCache(cache_bytes if cam_crfs else 0)
+    for index, batch in enumerate(loader(batches, "evaluating")):
+        if sweep is not None:
+            sweep.update(batch.outputs["cam"], batch.labels, batch.masks)
+        score_jobs(batch, first, params, params.cam_threshold, has_background, acc)
+        if cam_crfs:
+            cache.offer(index, batch)
     cam_threshold = params.cam_threshold
-    if sweep_cam:
-        best = max(range(len(sweep)), key=lambda i: segmentation_scores(sweep[i].confusion, names)["miou"])
+    if sweep is not None:
+        best = sweep.best(names)
         cam_threshold = float(cam_thresholds[best])
         if ("cam", "none") in acc:
-            acc[("cam", "none")] = sweep[best]
-        second = [(b, c) for b, c in acc if b == "cam" and c != "none"]
-        if second:
-            run(second, cam_threshold, False, f"CAM + CRF at threshold {cam_threshold}")
+            acc[("cam", "none")] = sweep.accumulator(best)
+        missing = [batches[i] for i in cache.missing(len(batches))] if cam_crfs else []
+        desc = f"CAM + CRF at threshold {cam_threshold}"
+        for batch in chain(cache.drain(device), loader(missing, desc) if missing else ()):
+            score_jobs(batch, cam_crfs, params, cam_threshold, has_background, acc)
     results: dict[str, dict[str, Any]] = {}
     for (branch, crf), accumulator in acc.items():
         results.setdefault(branch, {})[crf] = accumulator.scores(names)

@@ -18,7 +18,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import check_dataset, check_resume_checkpoint, check_trainer
@@ -29,7 +28,7 @@ from .data.registry import config_class_names
 from .errors import ASDTUserError, run_or_exit
 from .hardware import trainer_settings, uses_cuda
 from .io_utils import atomic_write_text, remove_empty_run_dir
-from .lit.callbacks import PWMCallback
+from .lit.callbacks import FinalStepCheckpoint, PWMCallback
 from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.module import ASDTModule
 from .metrics import miou_table
@@ -108,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [
         PWMCallback(**plain["pwm"]),
-        ModelCheckpoint(
+        FinalStepCheckpoint(
             dirpath=out_dir / "checkpoints",
             filename="best-step{step:06d}",
             auto_insert_metric_name=False,

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .dataset import DatasetWarning, SegmentationDataset, SegmentationReader, SkipBadCollate, check_policy
+from .sampling import EpochSampler, ResumableLoader, distributed_shard, seed_transform
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, build_val_transform
 from .voc import VOC_CLASSES, VOCReader
 
@@ -22,15 +23,15 @@ from .voc import VOC_CLASSES, VOCReader
 def seed_worker(worker_id: int) -> None:
     """Seed numpy, random and the dataset's albumentations pipeline from the worker's torch seed.
 
-    Torch derives each worker's seed from the loader's generator, so the augmentations are reproducible.
+    Torch derives each worker's seed from the loader's generator. Training samples reseed the pipeline from
+    their :class:`~.sampling.EpochSampler` seed anyway; this covers datasets read by plain indices.
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
+    if info is not None:
+        seed_transform(getattr(info.dataset, "transform", None), seed)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -102,6 +103,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.reader.prepare([self.train_list, self.val_list])
 
     def setup(self, stage: str | None = None) -> None:
+        """Resolve the lists (after :meth:`prepare_data`, before the first step): missing files, bad labels and
+        what the image and mask headers show raise, or are skipped (see :meth:`SegmentationReader.entries`)."""
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self.dataset(self.train_list, self.train_transform)
         if self.val_set is None:
@@ -113,13 +116,13 @@ class SegmentationDataModule(L.LightningDataModule):
         return SegmentationDataset(self.reader, split, transform, targets, self.on_bad_sample)
 
     def loader(self, dataset: SegmentationDataset, batch_size: int, train: bool) -> DataLoader:
-        """A DataLoader with this module's workers, seeding and bad-sample handling."""
-        if train and dataset.transform is not None:  # reproducible augmentation in the main process too
-            dataset.transform.set_random_seed(self.seed)
-        return DataLoader(
-            dataset,
+        """A DataLoader with this module's workers, seeding and bad-sample handling.
+
+        Training: a :class:`~.sampling.ResumableLoader` (full batches only) whose order and augmentations follow
+        from ``(seed, epoch, position)`` and which checkpoints resume mid-epoch; this rank's share under DDP.
+        """
+        settings: dict[str, Any] = dict(
             batch_size=batch_size,
-            shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -128,6 +131,10 @@ class SegmentationDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
             collate_fn=SkipBadCollate(dataset),
         )
+        if not train:
+            return DataLoader(dataset, shuffle=False, **settings)
+        sampler = EpochSampler(dataset, self.seed, **distributed_shard(self.trainer))
+        return ResumableLoader(dataset, sampler=sampler, **settings)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

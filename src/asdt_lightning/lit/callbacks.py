@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -16,6 +17,21 @@ from ..method.pwm import pwm_signal, validate_pwm
 from ..metrics import per_class_table
 
 NO_TEACHER = -1  # ``pwm/active_teacher`` while the classifier warms up alone (no distillation at all)
+
+
+class FinalStepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the final step.
+
+    Lightning writes ``last.ckpt`` at the end of training only when nothing was saved during the run; after a
+    validation part way, the steps after it would be missing from ``last.ckpt``, and a run resumed from it would
+    silently redo them.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
 
 
 class PWMCallback(L.Callback):

@@ -16,8 +16,8 @@ import torch
 from ..constants import IGNORE_INDEX
 from ..errors import ASDTUserError
 from ..method.cam import allowed_labels
-from ..method.crf import CRFParams
-from ..method.dense_crf import refine_with_crf
+from ..method.crf import CRFParams, crf_kernel, mean_field
+from ..method.dense_crf import UNFOLD_BYTES, refine_with_crf
 from ..method.fusion import BRANCH_CHOICES, FUSION_CHOICES, branch_scores, labels_from_scores, tta_outputs
 
 # The inference CRF: the released code's teacher-B / test-time dense-CRF settings.
@@ -188,6 +188,81 @@ def predicted_image_labels(module: L.LightningModule, images: torch.Tensor, thre
     return labels
 
 
+class CRFKernels:
+    """The CRF kernels of one batch's images, each built once and shared by every map refined on that batch.
+
+    A kernel depends on the image and the CRF parameters only, not on the probabilities it refines: the branches
+    of a batch (and the CAM at its chosen threshold) all reuse it. Valid for one batch only.
+    """
+
+    def __init__(self) -> None:
+        self.kernels: dict[tuple[CRFParams, int | None], torch.Tensor] = {}
+        self.built = 0  # kernels computed, for tests
+
+    def get(self, rgb: torch.Tensor, params: CRFParams, image: int | None = None) -> torch.Tensor:
+        """The kernel of ``rgb`` (the whole batch, or image ``image`` of it) under ``params``."""
+        key = (params, image)
+        if key not in self.kernels:
+            self.kernels[key] = crf_kernel(rgb.float(), params)
+            self.built += 1
+        return self.kernels[key]
+
+    def to(self, device: torch.device | str) -> CRFKernels:
+        moved = CRFKernels()
+        moved.kernels = {key: kernel.to(device) for key, kernel in self.kernels.items()}
+        return moved
+
+    @property
+    def nbytes(self) -> int:
+        return sum(kernel.numel() * kernel.element_size() for kernel in self.kernels.values())
+
+
+def message_method(probs: torch.Tensor, params: CRFParams) -> str:
+    """Local messages by ``unfold`` on a GPU while its temporary is small, else by ``shift`` (on a CPU the
+    (B, K, window^2, H, W) temporary costs ~25x the arithmetic; see ``method.crf.message_passing``)."""
+    b, k, h, w = probs.shape
+    return "unfold" if probs.is_cuda and 4 * b * k * params.window**2 * h * w <= UNFOLD_BYTES else "shift"
+
+
+def local_crf(
+    rgb: torch.Tensor,
+    probs: torch.Tensor,
+    params: CRFParams,
+    allowed: torch.Tensor,
+    kernels: CRFKernels,
+    image: int | None = None,
+) -> torch.Tensor:
+    """The PyTorch CRF on the labels some image of the batch allows, with the batch's shared kernel.
+
+    (B, 3, H, W) RGB 0..255, (B, K, H, W) probabilities, (B, K) allowed -> (B, K, H, W); labels no image allows
+    stay 0 and cost nothing. ``image``: which image of the batch ``rgb`` is (None: all of it).
+    """
+    used = allowed.any(0)
+    if not bool(used.any()):
+        used = torch.ones_like(used)
+    sub = probs[:, used].float()
+    kernel = kernels.get(rgb, params, image)
+    refined = mean_field(sub, kernel, params, allowed[:, used], message_method(sub, params))
+    out = torch.zeros_like(probs, dtype=torch.float32)
+    out[:, used] = refined
+    return out
+
+
+def refine(
+    method: str,
+    rgb: torch.Tensor,
+    scores: torch.Tensor,
+    params: CRFParams,
+    allowed: torch.Tensor,
+    kernels: CRFKernels,
+    image: int | None = None,
+) -> torch.Tensor:
+    """``refine_with_crf``, with the local CRF's kernel taken from (or added to) ``kernels``."""
+    if method == "local":
+        return local_crf(rgb, scores, params, allowed, kernels, image)
+    return refine_with_crf(method, rgb, scores, params, allowed)
+
+
 def crf_per_image_group(
     method: str,
     rgb: torch.Tensor,
@@ -195,16 +270,21 @@ def crf_per_image_group(
     params: CRFParams,
     allowed: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
+    kernels: CRFKernels | None = None,
 ) -> torch.Tensor:
-    """CRF over a padded batch: batched when all images share a size, else image by image on its own pixels."""
+    """CRF over a padded batch: batched when all images share a size, else image by image on its own pixels.
+
+    ``kernels``: the batch's shared kernels (see ``CRFKernels``); None builds them for this call only.
+    """
     if method == "none":
         return scores
+    kernels = kernels if kernels is not None else CRFKernels()
     if all(tuple(s) == tuple(rgb.shape[-2:]) for s in sizes):
-        return refine_with_crf(method, rgb, scores, params, allowed)
+        return refine(method, rgb, scores, params, allowed, kernels)
     out = scores.clone()
     for i, (h, w) in enumerate(sizes):
-        out[i : i + 1, :, :h, :w] = refine_with_crf(
-            method, rgb[i : i + 1, :, :h, :w], scores[i : i + 1, :, :h, :w], params, allowed[i : i + 1]
+        out[i : i + 1, :, :h, :w] = refine(
+            method, rgb[i : i + 1, :, :h, :w], scores[i : i + 1, :, :h, :w], params, allowed[i : i + 1], kernels, i
         )
     return out
 
@@ -216,11 +296,13 @@ def label_maps(
     sizes: Sequence[tuple[int, int]],
     params: InferenceParams,
     has_background: bool,
+    kernels: CRFKernels | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Branch selection/fusion, optional CRF, argmax and confidence threshold.
 
     Args:
         outputs: from ``model_outputs``; rgb: (B, 3, H, W) uint8 or float 0..255; image_labels: (B, C).
+        kernels: the batch's CRF kernels, to share them between calls on the same batch (see ``CRFKernels``).
     Returns:
         (B, H, W) long labels (255 below the confidence threshold and on padding) and (B, H, W) confidence.
     """
@@ -233,7 +315,7 @@ def label_maps(
         threshold = params.cam_threshold if has_background else None
         scores = branch_scores(outputs, image_labels, params.branch, params.fusion, threshold)
         allowed = allowed_labels(image_labels, has_background)
-    scores = crf_per_image_group(params.crf, rgb.float(), scores, params.crf_params, allowed, sizes)
+    scores = crf_per_image_group(params.crf, rgb.float(), scores, params.crf_params, allowed, sizes, kernels)
     labels, conf = labels_from_scores(scores, params.confidence)
     for i, (h, w) in enumerate(sizes):
         labels[i, h:], labels[i, :, w:] = IGNORE_INDEX, IGNORE_INDEX

@@ -38,12 +38,61 @@ def fused_allowed(trainer: L.Trainer) -> bool:
     return not trainer.gradient_clip_val
 
 
-def poly_schedule(optimizer: torch.optim.Optimizer, trainer: L.Trainer, power: float) -> dict[str, Any]:
-    """Lightning's ``configure_optimizers`` dict: ``optimizer`` and a per-step ``(1 - t / T) ** power`` decay
-    over ``trainer.max_steps`` (or the estimated number of steps)."""
+class PolyLR(torch.optim.lr_scheduler.LRScheduler):
+    """``lr_t = base_lr * (1 - min(t, total) / total) ** power`` at step ``t``.
+
+    ``total`` and ``power`` are always the current run's, never a checkpoint's: loading a state (a run resumed
+    with a longer ``max_steps``) keeps them and sets the groups' learning rates for the restored step at once, so
+    the first resumed step already follows the new length (the optimiser's state holds the old run's last rates).
+    """
+
+    RUN_SETTINGS = ("total", "power")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int, power: float, last_epoch: int = -1) -> None:
+        self.total, self.power = max(int(total), 1), float(power)
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """The decay factor of step ``step``."""
+        return max(0.0, 1 - min(step, self.total) / self.total) ** self.power
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k not in self.RUN_SETTINGS}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        skipped = (*self.RUN_SETTINGS, "lr_lambdas")  # lr_lambdas: checkpoints of the former LambdaLR schedule
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in skipped})
+        self.apply_current_step()
+
+    def apply_current_step(self) -> None:
+        """Set every group's learning rate to this schedule's value at the current step (``last_epoch``)."""
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def schedule_total(trainer: L.Trainer) -> int:
+    """The number of optimiser steps a poly schedule decays over: ``max_steps``, or Lightning's estimate."""
     total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
-    total = max(int(total), 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1 - min(step, total) / total) ** power
-    )
+    return max(int(total), 1)
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, trainer: L.Trainer, power: float) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` dict: ``optimizer`` and a per-step :class:`PolyLR` over
+    :func:`schedule_total` steps."""
+    scheduler = PolyLR(optimizer, schedule_total(trainer), power)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def sync_poly_schedules(trainer: L.Trainer) -> None:
+    """Set the learning rates of every :class:`PolyLR` of ``trainer`` to the value of the current step.
+
+    For ``on_train_start``: after a resume the optimiser may hold the old run's last rates (0 at the end of a
+    poly decay); this makes the first resumed step follow the current run's length, whatever the restore order.
+    """
+    for config in trainer.lr_scheduler_configs:
+        if isinstance(config.scheduler, PolyLR):
+            config.scheduler.apply_current_step()
