@@ -189,23 +189,23 @@ def _counting(monkeypatch, owner, name: str) -> list:
 def test_one_forward_and_one_crf_kernel_per_batch_for_every_branch_and_crf(tmp_path, monkeypatch):
     """4 branches x (none, local CRF) and the CAM threshold sweep share each batch's forward and CRF kernel,
     and a second pass (CAM + CRF at the chosen threshold) computes them again only for batches not kept."""
-    import asdt_lightning.lit.inference as inference
+    import asdt_lightning.method.crf as crf
     from asdt_lightning.evaluate import evaluate_model
     from asdt_lightning.lit.inference import INFERENCE_CRF, InferenceParams
 
     module, images = _tiny_model_and_images(tmp_path)
     forwards = _counting(monkeypatch, module, "branch_probabilities")
-    kernels = _counting(monkeypatch, inference, "crf_kernel")
+    affinities = _counting(monkeypatch, crf, "local_affinity")  # two per CRF kernel: Gaussian and bilateral
     params = InferenceParams(crf_params=dataclasses.replace(INFERENCE_CRF, iterations=2, window=5))
     branches, crfs = ["cam", "refine", "student", "fused"], ["none", "local"]
     batches = -(-len(images) // 2)
     kept = evaluate_model(module, images, branches, crfs, params, torch.device("cpu"), batch_size=2, progress=False)
-    assert (len(forwards), len(kernels)) == (batches, batches)
-    forwards.clear(), kernels.clear()
+    assert (len(forwards), len(affinities)) == (batches, 2 * batches)
+    forwards.clear(), affinities.clear()
     again = evaluate_model(
         module, images, branches, crfs, params, torch.device("cpu"), batch_size=2, progress=False, cache_bytes=0
     )
-    assert (len(forwards), len(kernels)) == (2 * batches, 2 * batches)
+    assert (len(forwards), len(affinities)) == (2 * batches, 4 * batches)
     assert again["results"] == kept["results"] and again["cam_threshold"] == kept["cam_threshold"]
 
 
