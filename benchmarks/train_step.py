@@ -116,8 +116,10 @@ class TwoModelNet(nn.Module):
         from asdt_lightning.models.asdt import ASDTOutput
 
         cams, class_logits = self.classifier.cam_head(self.classifier.backbone(images))
-        features = self.refiner.backbone(images)
-        return ASDTOutput(cams, class_logits, self.refiner.refine_head(features), self.refiner.student_head(features))
+        low_level, features = self.refiner.backbone(images, with_low_level=True)
+        low_level = low_level if self.refiner.skip_channels else None
+        refine = self.refiner.refine_head(features, low_level)
+        return ASDTOutput(cams, class_logits, refine, self.refiner.student_head(features, low_level))
 
     def forward_cams(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier.forward_cams(images)

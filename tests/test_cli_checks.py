@@ -167,6 +167,8 @@ def test_wandb_is_a_dependency_and_starts_without_the_anonymous_warning(tmp_path
         ("pseudo_labels", ["brnch=fused"], "unknown key brnch; the config has: batch_size, branch"),
         ("segment", ["segmenter=deeplabv9"], "segmenter=deeplabv9: no such option; choose one of: deeplabv2"),
         ("prepare", ["dataset=vocc"], "dataset=vocc: no such option"),
+        ("evaluate", ["crfs=[none]", "fusionn=max"], "unknown key fusionn"),
+        ("pipeline", ["+crff=dense"], "unknown key crff (added with +); the config has: common, crf"),
     ],
 )
 def test_other_entry_points_refuse_bad_command_lines_in_one_line(config, argv, says):

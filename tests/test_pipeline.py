@@ -52,3 +52,29 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
     assert again["stage_seconds"] == {}  # every stage was done already
     assert again["second_stage_val"] == summary["second_stage_val"]
     assert json.loads((tmp_path / "pipeline.json").read_text())["table"] == summary["table"]
+
+
+def _result(images, limit=None, split_images=None, split="train"):
+    result = {"images": images, "limit": limit, "split": split, "cam_threshold": 0.3}
+    if split_images is not None:
+        result["split_images"] = split_images
+    return result
+
+
+def test_table_says_first_n_only_when_a_limit_cut_the_list():
+    from asdt_lightning.pipeline import images_used, pipeline_table
+
+    assert images_used(_result(16, limit=16, split_images=600)) == "first 16 of 600"
+    assert images_used(_result(10, limit=300, split_images=10)) == "all 10"  # a limit above the list's length
+    assert images_used(_result(150, split_images=150)) == "all 150"
+    assert images_used(_result(16, limit=16)) == "first 16"  # results.json of before split_images
+    assert images_used(_result(10, limit=300)) == "all 10"
+    assert images_used(_result(10)) == "all 10"
+    scores = {"none": {"miou": 0.5}, "local": {"miou": 0.6}}
+    pseudo = {**_result(16, limit=16, split_images=600), "results": {"fused": scores}}
+    export = {**_result(16, limit=16, split_images=600), "results": {"folder": {"none": {"miou": 0.55}}}}
+    stage2 = {**_result(150, split_images=150, split="val"), "results": {"segmenter": {"none": {"miou": 0.7}}}}
+    table = pipeline_table(pseudo, export, stage2, "local")
+    assert "| pseudo masks: fused | train (first 16 of 600) | 50.00 | 60.00 |" in table
+    assert "| exported pseudo masks (PNG) | train (first 16 of 600) | 55.00 | |" in table
+    assert "| val (all 150) | **70.00** | |" in table and "all 16" not in table

@@ -137,3 +137,38 @@ def test_seeded_sweep_with_wandb_and_no_account_then_report(tmp_path):
     summary = list(csv.DictReader((sweep_dir / "report" / "summary.csv").open()))
     assert [(r["pwm.duty"], r["n"], r["seeds"]) for r in summary] == [("0", "1", "3"), ("1", "1", "3")]
     assert (sweep_dir / "report" / "miou_vs_pwm.duty.png").is_file()
+
+
+def test_plot_title_names_the_sweep_the_swept_settings_and_the_metric(tmp_path):
+    from asdt_lightning.report import collect_runs, plot_title, swept_keys
+
+    for i, duty in enumerate([0.0, 0.5]):
+        fake_run(tmp_path / "12-00-00", i, duty, 0, 0.3 + duty / 10)  # overrides hold sweep=x
+    runs = collect_runs(tmp_path / "12-00-00")
+    title = plot_title(tmp_path / "12-00-00", runs, swept_keys(runs), None, "fused")
+    assert title.splitlines() == [
+        "sweep x: validation mIoU per branch vs pwm.duty",
+        "mean ± std over seeds; multirun 12-00-00",
+    ]
+    two = plot_title(tmp_path, runs, ["backbone", "pwm.duty"], "backbone", "student")
+    assert two.splitlines()[0] == "sweep x: validation S mIoU vs backbone, one line per pwm.duty"
+
+
+def test_sweep_name_comes_from_multirun_yaml_without_overrides(tmp_path):
+    from asdt_lightning.report import collect_runs, plot_title
+
+    fake_run(tmp_path, 0, 0.0, 0, 0.3)
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").unlink()
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"sweep": "pwm_duty"}}}}))
+    title = plot_title(tmp_path, collect_runs(tmp_path), [], None, "fused")
+    assert title.splitlines()[0] == "sweep pwm_duty: validation mIoU per branch of all runs (nothing swept)"
+    (tmp_path / "multirun.yaml").write_text("{}")
+    assert plot_title(tmp_path, collect_runs(tmp_path), [], None, "fused").startswith("validation mIoU per branch")
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "asdt_lightning.train runs" in text and "``" not in text

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from .cli import run_preflight
 from .constants import IGNORE_INDEX
 from .data.inference import InferenceImages, pad_collate, reader_for, same_size_batches
 from .data.voc import read_mask
@@ -409,7 +410,7 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     split = cfg["split"]
     out = Path(cfg["out"]).expanduser()
     dataset = InferenceImages(reader, split, data["mean"], data["std"], require_masks=True)
-    report: dict[str, Any] = {"dataset": data["name"], "split": split, "limit": limit}
+    report: dict[str, Any] = {"dataset": data["name"], "split": split, "limit": limit, "split_images": len(dataset)}
     if pred_dir:
         names = dataset.names[: int(limit)] if limit else None
         report.update(pred_dir=str(pred_dir), kind="folder")
@@ -447,8 +448,14 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_or_exit(run_evaluate, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+
+
+def main() -> None:
+    """The command line: composition errors (bad option, unknown key) as one line before Hydra starts."""
+    run_preflight("evaluate")
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
+from .cli import run_preflight
 from .errors import run_or_exit
 from .evaluate import BRANCH_TITLES, check_figure_backend, run_evaluate
 from .io_utils import atomic_write_text
@@ -58,11 +59,21 @@ def _stage(name: str, done: Path, timings: dict[str, float], work: Callable[[], 
     print(f"[pipeline] {name}: {timings[name]:.0f} s")
 
 
+def images_used(result: dict[str, Any]) -> str:
+    """How many images of the list an evaluate ``results.json`` scored: ``all N``, or ``first N of M`` when its
+    ``limit`` cut the list (``first N`` when the list's length is not recorded)."""
+    n = int(result["images"])
+    listed = result.get("split_images")
+    if listed is not None:
+        return f"all {n}" if n >= int(listed) else f"first {n} of {listed}"
+    limit = result.get("limit")
+    return f"first {n}" if limit is not None and int(limit) <= n else f"all {n}"
+
+
 def pipeline_table(pseudo: dict[str, Any], export: dict[str, Any], stage2: dict[str, Any], crf: str) -> str:
     """Markdown: pseudo-mask mIoU on the training list per branch (without / with CRF), the exported masks, and
     the second stage on the validation list."""
     crf_col = f"+ {crf} CRF" if crf != "none" else "+ CRF"
-    limit = f"first {pseudo['images']}" if pseudo.get("limit") else f"all {pseudo['images']}"
     lines = [
         f"| what | split (images) | mIoU (%) | mIoU {crf_col} (%) |",
         "|---|---|---:|---:|",
@@ -73,14 +84,14 @@ def pipeline_table(pseudo: dict[str, Any], export: dict[str, Any], stage2: dict[
         title = BRANCH_TITLES.get(branch, branch)
         if branch == "cam":
             title += f" @ bg {pseudo['cam_threshold']}"
-        lines.append(f"| pseudo masks: {title} | {pseudo['split']} ({limit}) | {plain} | {refined} |")
+        lines.append(f"| pseudo masks: {title} | {pseudo['split']} ({images_used(pseudo)}) | {plain} | {refined} |")
     scores = export["results"]["folder"]["none"]
     lines.append(
-        f"| exported pseudo masks (PNG) | {export['split']} (all {export['images']}) | {100 * scores['miou']:.2f} | |"
+        f"| exported pseudo masks (PNG) | {export['split']} ({images_used(export)}) | {100 * scores['miou']:.2f} | |"
     )
     seg = stage2["results"]["segmenter"]["none"]
     lines.append(
-        f"| **second stage** ({stage2.get('arch', 'segmenter')}) | {stage2['split']} (all {stage2['images']}) | "
+        f"| **second stage** ({stage2.get('arch', 'segmenter')}) | {stage2['split']} ({images_used(stage2)}) | "
         f"**{100 * seg['miou']:.2f}** | |"
     )
     return "\n".join(lines)
@@ -202,9 +213,15 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="pipeline")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     summary = run_or_exit(run_pipeline, cfg)
     return summary["second_stage_val"]
+
+
+def main() -> None:
+    """The command line: composition errors (bad option, unknown key) as one line before Hydra starts."""
+    run_preflight("pipeline")
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -200,6 +200,38 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def sweep_name(runs: Sequence[Run], folder: str | Path) -> str | None:
+    """The sweep config the runs were launched with (``sweep=pwm_duty`` in their overrides, else in the folder's
+    ``multirun.yaml``), or None."""
+    names = {r.settings.get("sweep") for r in runs}
+    if len(names) == 1 and (name := names.pop()):
+        return str(name)
+    multirun = Path(folder).expanduser() / "multirun.yaml"
+    if not multirun.is_file():
+        return None
+    try:
+        config = yaml.safe_load(multirun.read_text()) or {}
+        name = config["hydra"]["runtime"]["choices"].get("sweep")
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return str(name) if name else None
+
+
+def plot_title(folder: str | Path, runs: Sequence[Run], keys: Sequence[str], x: str | None, branch: str) -> str:
+    """Two lines: the sweep (its config name, the swept settings) and the metric plotted; then the folder.
+
+    E.g. ``sweep pwm_duty: validation mIoU per branch vs pwm.duty`` / ``mean ± std over seeds; multirun 12-00-00``.
+    """
+    x_key = x or (keys[0] if keys else None)
+    others = [k for k in keys if k != x_key]
+    metric = f"validation {BRANCH_LABELS[branch]} mIoU" if others else "validation mIoU per branch"
+    against = f" vs {x_key}" if x_key else " of all runs (nothing swept)"
+    by = f", one line per {', '.join(others)}" if others else ""
+    name = sweep_name(runs, folder)
+    first = f"{f'sweep {name}: ' if name else ''}{metric}{against}{by}"
+    return f"{first}\nmean ± std over seeds; multirun {Path(folder).name}"
+
+
 def plot(
     runs: Sequence[Run], keys: Sequence[str], x: str | None, branch: str, path: Path, title: str = ""
 ) -> Path | None:
@@ -247,7 +279,7 @@ def plot(
         ax.set_xticks(range(len(order)), [str(v) for v in order])
     ax.set_xlabel(x_key or "")
     ax.set_ylabel("validation mIoU (%)" + (f", {BRANCH_LABELS[branch]}" if others else ""))
-    ax.set_title(title or "mIoU (mean ± std over seeds)")
+    ax.set_title(title or "mIoU (mean ± std over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -282,14 +314,21 @@ def make_report(
         ),
     }
     x_key = keys[0] if keys else None
-    png = plot(runs, keys, x_key, branch, out_dir / f"miou_vs_{x_key or 'runs'}.png", title=Path(folder).name)
+    title = plot_title(folder, runs, keys, x_key, branch)
+    png = plot(runs, keys, x_key, branch, out_dir / f"miou_vs_{x_key or 'runs'}.png", title=title)
     if png is not None:
         written["plot"] = png
     return {"paths": written, "swept": keys, "summary": rows, "runs": runs, "summary_md": summary_md}
 
 
+def plain_text(rst: str) -> str:
+    """reStructuredText inline literals (double backticks) as plain text, for terminal help."""
+    return rst.replace("``", "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asdt_lightning.report", description=__doc__.split("\n\n")[0])
+    description = plain_text(__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m asdt_lightning.report", description=description)
     parser.add_argument("folder", help="a multirun folder of asdt_lightning.train (e.g. multirun/<date>/<time>)")
     parser.add_argument("--out", help="output folder (default: <folder>/report)")
     parser.add_argument("--x", help="the swept setting on the plot's x axis (default: the first swept one)")

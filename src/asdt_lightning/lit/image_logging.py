@@ -82,6 +82,16 @@ def panel_row(
     return np.concatenate(parts[:-1], axis=1)
 
 
+def draw_label(array: np.ndarray, text: str, xy: tuple[int, int] = (3, 3)) -> np.ndarray:
+    """``text`` in white on a black box at ``xy`` of an (H, W, 3) uint8 image: readable on light and dark images."""
+    image = Image.fromarray(array)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox(xy, text)
+    draw.rectangle((left - 2, top - 2, right + 1, bottom + 1), fill=(0, 0, 0))
+    draw.text(xy, text, fill=(255, 255, 255))
+    return np.asarray(image)
+
+
 def panel_grid(rows: Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
     """Stack rows under a header naming the columns; each row's image name on its left edge."""
     width = rows[0].shape[1]
@@ -94,9 +104,7 @@ def panel_grid(rows: Sequence[np.ndarray], names: Sequence[str] | None = None) -
     for i, row in enumerate(rows):
         row = row.copy()
         if names is not None:
-            label = Image.fromarray(row)
-            ImageDraw.Draw(label).text((3, 3), names[i], fill=(255, 255, 0))
-            row = np.asarray(label)
+            row = draw_label(row, names[i])
         blocks += [row, np.full((2, width, 3), 255, dtype=np.uint8)]
     return np.concatenate(blocks[:-1], axis=0)
 

@@ -34,7 +34,6 @@ class ASDTNet(nn.Module):
         head_channels: int = 256,
         head_dilation: int = 2,
         skip_channels: int = 0,
-        skip_detach: bool = False,
     ) -> None:
         super().__init__()
         if skip_channels < 0:
@@ -45,7 +44,6 @@ class ASDTNet(nn.Module):
         self.num_labels = num_classes + int(has_background)
         self.cam_head = CAMHead(backbone.out_channels, num_classes)
         self.skip_channels = skip_channels
-        self.skip_detach = skip_detach
         self.refine_head, self.student_head = (
             SegmentationHead(
                 backbone.out_channels,
@@ -69,8 +67,6 @@ class ASDTNet(nn.Module):
     def forward(self, images: torch.Tensor) -> ASDTOutput:
         low_level, features = self.backbone(images, with_low_level=True)
         low_level = low_level if self.skip_channels else None
-        if low_level is not None and self.skip_detach:  # R and S read the stride-4 features, but do not train them
-            low_level = low_level.detach()
         cams, class_logits = self.cam_head(features)
         refine_logits = self.refine_head(features, low_level)
         return ASDTOutput(cams, class_logits, refine_logits, self.student_head(features, low_level))
@@ -92,7 +88,6 @@ def build_asdt_net(
     head_channels: int = 256,
     head_dilation: int = 2,
     skip_channels: int = 0,
-    skip_detach: bool = False,
 ) -> ASDTNet:
     """Build the backbone by registry name and put the three heads on it."""
     body = build_backbone(
@@ -103,4 +98,4 @@ def build_asdt_net(
         frozen_bn=frozen_bn,
         frozen_stem=frozen_stem,
     )
-    return ASDTNet(body, num_classes, has_background, head_channels, head_dilation, skip_channels, skip_detach)
+    return ASDTNet(body, num_classes, has_background, head_channels, head_dilation, skip_channels)
