@@ -14,13 +14,13 @@ def test_train_step_tiny_reports_every_variant_ratio_and_breakdown(tmp_path):
     argv = ["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--breakdown-repeats", "1", "--no-memory"]
     result = train_step.main([*argv, "--md", str(out), "--json", str(tmp_path / "ts.json")])
     assert result["status"] == "measured"
-    times = result["sizes"]["1x32"]["seconds"]
+    times = result["sizes"]["2x32"]["seconds"]
     assert set(times) == {
         "lower bound",
         *(f"{v} [{s}]" for v in ("ASDT", "ASDT 1-scale", "two-model") for s in "AB"),
     }
     assert all(len(t) == 1 and t[0] > 0 for t in times.values())
-    parts = result["sizes"]["1x32"]["breakdown"]["ASDT [B]"]
+    parts = result["sizes"]["2x32"]["breakdown"]["ASDT [B]"]
     assert {"backbone fwd", "CRF A (alpha low)", "CRF A (alpha high)", "CRF B", "backward: backbone"} <= set(parts)
     text = out.read_text()
     assert "ratio to lower bound" in text and "Targets (issue 6)" in text

@@ -82,7 +82,7 @@ def test_a_multirun_is_checked_job_by_job_before_the_first_starts():
 
 
 def _fake_checkpoint(path: Path, backbone: str = "resnet18", classes: int = 6) -> Path:
-    net = {"backbone": backbone, "output_stride": 8, "head_channels": 128, "head_dilation": 2, "skip_channels": 0}
+    net = {"backbone": backbone, "output_stride": 16, "head_channels": 128, "head_dilation": 2, "skip_channels": 48}
     names = ["apple", "bell", "cone", "drum", "egg", "flag"][:classes]
     hparams = {"net": net, "class_names": names, "has_background": True}
     torch.save({"state_dict": {}, "hyper_parameters": hparams, "global_step": 3}, path)
@@ -123,7 +123,14 @@ def test_refused_runs_print_one_line_exit_2_and_leave_no_folder(tmp_path):
 def test_a_tiny_run_starts_quietly_logs_to_its_log_and_respects_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
-        result = _run(*TINY, "trainer.max_steps=2", "tracking.panels=1", "hydra.run.dir=run", cwd=tmp_path)
+        result = _run(
+            *TINY,
+            "trainer.max_steps=2",
+            "tracking.panels=1",
+            "dataset.pin_memory=true",
+            "hydra.run.dir=run",
+            cwd=tmp_path,
+        )
     finally:
         os.umask(previous)
     assert result.returncode == 0, result.stderr[-3000:]
