@@ -17,20 +17,10 @@ from asdt_lightning.cli import preflight
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.tracking import StepsProgressBar, wandb_logger
 from asdt_lightning.train import check_config
+from tiny_runs import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "dataset.synthetic.num_train=8",
-    "dataset.synthetic.num_val=4",
-    "dataset.synthetic.image_size=64",
-    "dataset.crop_size=64",
-    "dataset.val_size=64",
-    "dataset.batch_size=2",
-    "dataset.val_batch_size=2",
-    "model.net.head_channels=8",
-    "model.cam_scales=[1.0]",
-    "trainer.accelerator=cpu",
-]
+TINY = [*TINY_RUN, "model.cam_scales=[1.0]", "trainer.accelerator=cpu"]
 
 
 def refused(*argv: str) -> str:

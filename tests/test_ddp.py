@@ -10,16 +10,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from tiny_runs import TINY_RUN
+
 TINY = [
-    "dataset.synthetic.num_train=8",
-    "dataset.synthetic.num_val=4",
-    "dataset.synthetic.image_size=64",
-    "dataset.crop_size=64",
-    "dataset.val_size=64",
-    "dataset.batch_size=2",
-    "dataset.val_batch_size=2",
-    "dataset.num_workers=0",
-    "model.net.head_channels=8",
+    *TINY_RUN,
     "model.cam_scales=[1.0]",
     "trainer.enable_model_summary=false",
     "trainer.enable_progress_bar=false",

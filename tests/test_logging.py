@@ -14,17 +14,10 @@ from asdt_lightning.lit.image_logging import PANEL_COLUMNS, colorize, fixed_indi
 from asdt_lightning.method.pwm import pwm_signal
 from asdt_lightning.tracking import build_loggers, default_group, resolve_wandb_mode
 from asdt_lightning.train import train
+from tiny_runs import TINY_RUN
 
 TINY = [
-    "dataset.synthetic.num_train=8",
-    "dataset.synthetic.num_val=4",
-    "dataset.synthetic.image_size=64",
-    "dataset.crop_size=64",
-    "dataset.val_size=64",
-    "dataset.batch_size=2",
-    "dataset.val_batch_size=2",
-    "dataset.num_workers=0",
-    "model.net.head_channels=8",
+    *TINY_RUN,
     "model.cam_scales=[1.0]",
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",

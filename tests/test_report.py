@@ -12,6 +12,7 @@ import yaml
 from hydra import compose, initialize_config_module
 
 from asdt_lightning.report import main, make_report
+from tiny_runs import TINY_RUN
 
 SRC = str(Path(__file__).parents[1] / "src")
 
@@ -104,15 +105,7 @@ def test_seeded_sweep_with_wandb_and_no_account_then_report(tmp_path):
     env["WANDB_CONFIG_DIR"] = env["WANDB_CACHE_DIR"] = env["WANDB_DATA_DIR"] = str(tmp_path / "wandb_home")
     sweep_dir = tmp_path / "multirun"
     tiny = [
-        "dataset.synthetic.num_train=8",
-        "dataset.synthetic.num_val=4",
-        "dataset.synthetic.image_size=64",
-        "dataset.crop_size=64",
-        "dataset.val_size=64",
-        "dataset.batch_size=2",
-        "dataset.val_batch_size=2",
-        "dataset.num_workers=0",
-        "model.net.head_channels=8",
+        *TINY_RUN,
         "model.cam_scales=[1.0]",
         "trainer.accelerator=cpu",
         "trainer.max_steps=2",
