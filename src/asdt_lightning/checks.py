@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
+from .data.dataset import check_policy
 from .errors import ASDTUserError
+from .io_utils import is_torch_file
 
 # Lightning's precision names, plus the package's ``auto`` (see ``hardware.resolve_precision``)
 PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-BAD_SAMPLE_POLICIES = ("error", "skip")
 # the network settings a checkpoint must share with the run that resumes it (they change shapes or the model)
 RESUME_NET_KEYS = ("backbone", "output_stride", "head_channels", "head_dilation", "skip_channels")
 
@@ -85,9 +86,7 @@ def check_dataset(data: Mapping[str, Any]) -> None:
         not isinstance(scale, Sequence) or len(scale) != 2 or not 0 < float(scale[0]) <= float(scale[1])
     ):
         raise ASDTUserError(f"dataset.scale_range must be [low, high] with 0 < low <= high, got {scale!r}")
-    policy = data.get("on_bad_sample", "error")
-    if policy not in BAD_SAMPLE_POLICIES:
-        raise ASDTUserError(f"dataset.on_bad_sample must be one of {', '.join(BAD_SAMPLE_POLICIES)}, got {policy!r}")
+    check_policy(data.get("on_bad_sample", "error"))
 
 
 def check_resume_checkpoint(
@@ -100,9 +99,7 @@ def check_resume_checkpoint(
     path = Path(path).expanduser()
     if not path.is_file():
         raise ASDTUserError(f"ckpt_path={path}: no such file; pass ckpt_path=<run>/checkpoints/last.ckpt")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch's zip format nor a (legacy) pickle
+    if not is_torch_file(path):
         raise ASDTUserError(
             f"ckpt_path={path} is not a checkpoint (not a PyTorch file); pass ckpt_path=<run>/checkpoints/last.ckpt"
         )

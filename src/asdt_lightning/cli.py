@@ -173,10 +173,11 @@ def preflight(config_name: str, argv: Sequence[str], check: ConfigCheck | None =
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         plain_base = _compose(compose, config_name, [], None)
         fixed = without_sweeps(overrides) if multirun else list(overrides)
-        groups_base = _compose(compose, config_name, group_overrides(fixed, plain_base.hydra.runtime.choices), None)
+        fixed_groups = tuple(group_overrides(fixed, plain_base.hydra.runtime.choices))
+        groups_base = _compose(compose, config_name, fixed_groups, None)
         base = _compose(compose, config_name, fixed, groups_base)
         jobs = job_overrides(base, overrides) if multirun else [list(overrides)]
-        references: dict[tuple[str, ...], DictConfig] = {}  # jobs of a sweep mostly share their groups
+        references = {fixed_groups: groups_base}  # jobs of a sweep mostly share their groups
         for job in jobs:
             groups = tuple(group_overrides(job, plain_base.hydra.runtime.choices))
             if groups not in references:

@@ -56,16 +56,30 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+
+
+def torch_file_head(path: str | Path) -> bytes:
+    """The first 4 bytes of a file: ``ZIP_MAGIC`` for torch's format, a pickle (legacy torch) starts with 0x80."""
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def is_torch_file(path: str | Path) -> bool:
+    """Whether the file starts like a PyTorch file (a zip archive or a legacy pickle); reads 4 bytes."""
+    head = torch_file_head(path)
+    return head == ZIP_MAGIC or head[:1] == b"\x80"
+
+
 def unreadable_torch_file(path: str | Path, error: BaseException) -> str:
     """Why ``torch.load(path, weights_only=True)`` failed, as what the file is not and what to do (no advice to
     load it unsafely)."""
     path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(4)
+    head = torch_file_head(path)
     remedy = "re-download or re-copy it, or save one with torch.save(model.state_dict(), path)"
     if not head:
         return f"{path} is empty; {remedy}"
-    if head == b"PK\x03\x04":
+    if head == ZIP_MAGIC:
         if "weights only" in str(error).lower() or type(error).__name__ == "UnpicklingError":
             return (
                 f"{path} holds pickled Python objects besides tensors (a whole saved model?), which are not loaded "

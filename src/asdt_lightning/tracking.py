@@ -39,7 +39,6 @@ _NOISY_WARNINGS = (
     r"Precision .* is not supported by the model summary",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r".*'pin_memory' argument is set as true but no accelerator is found",
-    r"The anonymous setting has no effect",
 )
 PROGRESS_BARS = ("rich", "tqdm")
 _WANDB_TARGETS = ("asdt_lightning.tracking.wandb_logger", "lightning.pytorch.loggers.WandbLogger")

@@ -58,7 +58,9 @@ class DatasetWarning(UserWarning):
 def check_policy(on_bad_sample: str) -> str:
     """Validate ``dataset.on_bad_sample``."""
     if on_bad_sample not in BAD_SAMPLE_POLICIES:
-        raise DatasetError(f"dataset.on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got '{on_bad_sample}'")
+        raise DatasetError(
+            f"dataset.on_bad_sample must be one of {', '.join(BAD_SAMPLE_POLICIES)}, got {on_bad_sample!r}"
+        )
     return on_bad_sample
 
 

@@ -34,7 +34,7 @@ from ..method.losses import (
 from ..method.pwm import TEACHER_B
 from ..metrics import ConfusionMatrices, iou_from_confusion
 from ..models.asdt import ASDTOutput, build_asdt_net
-from .optim import build_optimizer, fused_allowed, poly_schedule, sync_poly_schedules
+from .optim import build_optimizer, fused_allowed, poly_schedule
 
 BRANCHES = ("cam", "refine", "student", "fused")
 SEGMENTATION_BRANCHES = ("refine", "student", "fused")
@@ -476,7 +476,3 @@ class ASDTModule(L.LightningModule):
         groups = self.parameter_groups()
         optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, allow_fused=fused_allowed(self.trainer))
         return poly_schedule(optimizer, self.trainer, o.poly_power)
-
-    def on_train_start(self) -> None:
-        """A resumed run's first step already at the poly rate of its own ``max_steps`` (not the old run's)."""
-        sync_poly_schedules(self.trainer)

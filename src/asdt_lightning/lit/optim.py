@@ -85,14 +85,3 @@ def poly_schedule(optimizer: torch.optim.Optimizer, trainer: L.Trainer, power: f
     :func:`schedule_total` steps."""
     scheduler = PolyLR(optimizer, schedule_total(trainer), power)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def sync_poly_schedules(trainer: L.Trainer) -> None:
-    """Set the learning rates of every :class:`PolyLR` of ``trainer`` to the value of the current step.
-
-    For ``on_train_start``: after a resume the optimiser may hold the old run's last rates (0 at the end of a
-    poly decay); this makes the first resumed step follow the current run's length, whatever the restore order.
-    """
-    for config in trainer.lr_scheduler_configs:
-        if isinstance(config.scheduler, PolyLR):
-            config.scheduler.apply_current_step()
