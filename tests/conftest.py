@@ -48,15 +48,34 @@ def random_loader():
     return make
 
 
+def _merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in, nested dicts key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
 def small_module_kwargs(**overrides) -> dict:
-    """ASDTModule arguments for a fast CPU model (ResNet-18, OS 8, thin heads)."""
+    """ASDTModule arguments for a fast CPU model (ResNet-18, OS 8, thin heads, 2 CRF iterations), trained with
+    the released code's SGD rule and no classifier warm-up; dict overrides of the
+    loss, teacher and optimiser settings merge key by key; ``net`` is replaced whole."""
     kwargs = dict(
         net={"backbone": "resnet18", "output_stride": 8, "head_channels": 16},
         class_names=CLASS_NAMES,
         cam_scales=[1.0, 0.5],
-        teacher_a={"crf": {"iterations": 2, "window": 5}},
+        loss={"pairwise": 1.0, "classifier_warmup": 0, "ramp": 0},
+        teacher_a={"alpha_high": 32, "bg_score_threshold": 0.8, "crf": {"iterations": 2, "window": 5}},
         teacher_b={"crf": {"iterations": 2, "window": 5}},
-        optimizer={"lr": 0.01},
+        optimizer={
+            "name": "sgd",
+            "lr": 0.01,
+            "weight_decay": 1e-5,
+            "backbone_bias_mult": 2.0,
+            "head_weight_mult": 10.0,
+            "head_bias_mult": 20.0,
+        },
     )
-    kwargs.update(overrides)
-    return kwargs
+    net = overrides.pop("net", kwargs["net"])  # the network is replaced whole
+    return {**_merged(kwargs, overrides), "net": net}

@@ -85,6 +85,7 @@ def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
         pairwise=model["pairwise"],
         optimizer=model["optimizer"],
         label_upsample=model["label_upsample"],
+        fusion=model["fusion"],
     )
 
 

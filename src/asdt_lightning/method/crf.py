@@ -54,6 +54,10 @@ def check_connectivity(connectivity: str) -> None:
         raise ValueError(f"unknown CRF connectivity {connectivity!r}; use one of {', '.join(CONNECTIVITIES)}")
 
 
+INFERENCE_CRF = CRFParams(bilateral_sxy=83.0, bilateral_srgb=5.0, bilateral_compat=4.0)
+"""The released code's test-time dense CRF, also teacher B's CRF: sharper colour (5), weaker compat (4)."""
+
+
 def _neighbours(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, window*window, H, W): every pixel's neighbours (zero outside the image)."""
     b, c, h, w = x.shape
