@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from asdt_lightning.data.voc import write_mask_png
-from asdt_lightning.io_utils import atomic_write, atomic_write_text
+from asdt_lightning.data.voc_writer import VOCSample, write_voc_root
+from asdt_lightning.io_utils import atomic_write_text
 
 HELDOUT_CLASSES: tuple[str, ...] = ("lamp", "mushroom", "robot", "hammer", "tulip", "rocket")
 SCENES: tuple[str, ...] = ("wallpaper", "forest", "tiles", "planks", "meadow", "night")  # scene c goes with class c
@@ -590,29 +589,14 @@ def write_heldout_voc(root: str | Path, spec: HeldoutSpec | None = None) -> Path
             raise ValueError(f"{root} holds a held-out dataset of another spec ({spec_path}); use another root")
     else:
         atomic_write_text(spec_path, spec_text)
-    for index in range(spec.total):
-        name = sample_name(index)
-        jpg = root / "JPEGImages" / f"{name}.jpg"
-        png = root / "SegmentationClass" / f"{name}.png"
-        xml = root / "Annotations" / f"{name}.xml"
-        if jpg.is_file() and png.is_file() and xml.is_file():
-            continue
-        sample = render_heldout(spec, index)
-        if not jpg.is_file():
-            image = Image.fromarray(sample.image, mode="RGB")
-            atomic_write(jpg, lambda f, im=image: im.save(f, format="JPEG", quality=spec.jpeg_quality))
-        if not png.is_file():
-            write_mask_png(png, sample.mask)
-        if not xml.is_file():
-            atomic_write_text(xml, annotation_xml(name, sample))
     names = [sample_name(i) for i in range(spec.total)]
+
+    def render(index: int, name: str) -> VOCSample:
+        sample = render_heldout(spec, index)
+        return VOCSample(sample.image, sample.mask, annotation_xml(name, sample))
+
     lists = {"train": names[: spec.num_train], "val": names[spec.num_train :], "trainval": names}
-    for split, ids in lists.items():
-        path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        text = "\n".join(ids) + "\n"
-        if not path.is_file() or path.read_text() != text:
-            atomic_write_text(path, text)
-    return root
+    return write_voc_root(root, names, render, lists, jpeg_quality=spec.jpeg_quality)
 
 
 def train_overrides(root: str | Path) -> list[str]:

@@ -18,9 +18,12 @@ from asdt_lightning.models.backbones import (
     Backbone,
     available_backbones,
     build_backbone,
+    check_backbone,
     load_backbone_weights,
     register_backbone,
 )
+from asdt_lightning.models.backbones import resnet38 as resnet38_module
+from asdt_lightning.models.backbones.weights import load_checked
 
 TORCHVISION = ["resnet18", "resnet50", "resnet101"]
 CHANNELS = {"resnet18": 512, "resnet50": 2048, "resnet101": 2048}
@@ -300,13 +303,27 @@ def test_missing_weights_file(tmp_path, monkeypatch):
     path = tmp_path / "nowhere.pth"
     with pytest.raises(ASDTUserError) as error:
         load_backbone_weights(build_backbone("resnet18"), path)
-    _assert_one_line(error, str(path), "not found")
+    assert str(error.value) == f"backbone.weights file not found: {path}"
 
     # build_backbone checks the path before building anything
     monkeypatch.setitem(BACKBONES, "resnet18", lambda **_: pytest.fail("built before checking weights"))
     with pytest.raises(ASDTUserError) as error:
         build_backbone("resnet18", weights=str(path))
     _assert_one_line(error, str(path))
+
+
+def test_check_backbone_refuses_what_build_backbone_would(tmp_path):
+    _, path = _source_resnet18(tmp_path)
+    check_backbone("resnet18")
+    check_backbone("resnet38", str(path))
+    with pytest.raises(ASDTUserError) as error:
+        check_backbone("resnet7", str(path))
+    assert str(error.value) == f"unknown backbone 'resnet7'; choose one of: {', '.join(available_backbones())}"
+    with pytest.raises(ASDTUserError) as error:
+        check_backbone("resnet18", "~/nowhere.pth")
+    assert str(error.value) == "backbone.weights file not found: ~/nowhere.pth"  # the path as given
+    with pytest.raises(ASDTUserError, match="pretrained"):
+        check_backbone("resnet18", str(path), pretrained=True)
 
 
 def test_weights_and_pretrained_conflict(tmp_path, monkeypatch):
@@ -363,16 +380,16 @@ def test_resnet38_accepts_converted_key_layout(resnet38):
     """The loader's checks on ResNet-38 names, in memory (a file would be ~420 MB)."""
     state = {"module." + k: v for k, v in resnet38.state_dict().items()}
     state["module.fc8.weight"] = torch.zeros(20, 4096, 1, 1)
-    backbones._load_checked(resnet38, state, "weights file res38_cls.pth")
+    load_checked(resnet38, state, "weights file res38_cls.pth")
 
     state.pop("module.b7.conv_branch2b2.weight")
     with pytest.raises(ASDTUserError) as error:
-        backbones._load_checked(resnet38, state, "weights file res38_cls.pth")
+        load_checked(resnet38, state, "weights file res38_cls.pth")
     _assert_one_line(error, "res38_cls.pth", "resnet38", "missing e.g. ['b7.conv_branch2b2.weight']")
 
 
 def test_resnet38_pretrained_is_refused_before_building(monkeypatch):
-    monkeypatch.setattr(backbones, "ResNet38", lambda *_: pytest.fail("built before refusing"))
+    monkeypatch.setattr(resnet38_module, "ResNet38", lambda *_: pytest.fail("built before refusing"))
     with pytest.raises(ASDTUserError) as error:
         build_backbone("resnet38", output_stride=8, pretrained=True)
     _assert_one_line(error, "backbone.weights=", "resnet38")

@@ -9,7 +9,6 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
-from asdt_lightning.data import coco_stuff as cs
 from asdt_lightning.data.coco_stuff import (
     COCO_STUFF_182,
     USED_IDS,
@@ -19,6 +18,7 @@ from asdt_lightning.data.coco_stuff import (
     id_lookup,
     read_mat_labels,
 )
+from asdt_lightning.data.coco_stuff import cache as coco_cache
 from asdt_lightning.data.transforms import build_train_transform
 from asdt_lightning.errors import DatasetError
 from data_roots import blocks_mask, coco_ids, make_coco, write_coco_mat
@@ -90,8 +90,8 @@ def test_conversion_cache_is_reused_and_picks_up_changed_files(tmp_path, monkeyp
     assert len(pngs) == 6 and reader.cache.index_path.is_file()
     assert sorted(os.listdir(reader.cache.labels)) == [p.name for p in pngs]  # no temporary file left
     calls = []
-    real = cs.read_mat_labels
-    monkeypatch.setattr(cs, "read_mat_labels", lambda p: calls.append(p.name) or real(p))
+    real = coco_cache.read_mat_labels
+    monkeypatch.setattr(coco_cache, "read_mat_labels", lambda p: calls.append(p.name) or real(p))
     CocoStuffReader(root).prepare(["all"])
     CocoStuffSegmentation(root, "train")
     assert calls == []  # converted once
@@ -109,7 +109,7 @@ def test_interrupted_conversion_resumes_and_gives_identical_files(tmp_path, monk
     clean.prepare(["all"])
     reader = CocoStuffReader(root, label_cache=tmp_path / "resumed")
     writes = []
-    real_write = cs.write_mask_png
+    real_write = coco_cache.write_mask_png
 
     def interrupted(path, mask):
         if len(writes) == 4:
@@ -117,14 +117,16 @@ def test_interrupted_conversion_resumes_and_gives_identical_files(tmp_path, monk
         writes.append(path.name)
         return real_write(path, mask)
 
-    monkeypatch.setattr(cs, "write_mask_png", interrupted)
+    monkeypatch.setattr(coco_cache, "write_mask_png", interrupted)
     with pytest.raises(KeyboardInterrupt):
         reader.prepare(["all"])
     labels = reader.cache.labels
     assert sorted(p.name for p in labels.iterdir()) == sorted(writes)  # four whole files, no temporary one
     assert len(json.loads(reader.cache.index_path.read_text())["entries"]) == 4  # flushed on the way out
     (labels / ".COCO_train2014_000000000007.png.x1y2.tmp").write_bytes(b"half a png")  # as a kill -9 leaves
-    monkeypatch.setattr(cs, "write_mask_png", lambda path, mask: writes.append(path.name) or real_write(path, mask))
+    monkeypatch.setattr(
+        coco_cache, "write_mask_png", lambda path, mask: writes.append(path.name) or real_write(path, mask)
+    )
     reader.prepare(["all"])
     assert len(writes) == 9  # the four were not converted again
     assert sorted(os.listdir(labels)) == sorted(os.listdir(clean.cache.labels))  # the stale .tmp is gone

@@ -151,8 +151,9 @@ def test_full_affinity_ignores_invalid_pixels_and_refuses_huge_grids():
     # the valid pixels' weights are those of the valid part of the image alone
     alone = full_affinity(image[..., :4].contiguous(), 80.0, 13.0).view(1, 6, 4, 6, 4)
     assert torch.allclose(k[0, :, :4, :, :4], alone[0], rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="label_upsample"):
+    with pytest.raises(ValueError, match="lower label_upsample or the crop size") as error:
         check_full_kernel_size(8, 256, 256)
+    assert "model." not in str(error.value)  # a Python argument, not a config path
 
 
 def test_full_crf_reaches_across_the_image_where_a_small_window_cannot():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .dataset import DatasetWarning, SegmentationDataset, SegmentationReader, SkipBadCollate, check_policy
+from .dataset import DatasetWarning, ReaderView, SegmentationDataset, SegmentationReader, SkipBadCollate, check_policy
 from .sampling import EpochSampler, ResumableLoader, distributed_shard, seed_transform
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, build_val_transform
 from .voc import VOC_CLASSES, VOCReader
@@ -34,7 +34,7 @@ def seed_worker(worker_id: int) -> None:
         seed_transform(getattr(info.dataset, "transform", None), seed)
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(ReaderView, L.LightningDataModule):
     """Training batches (random scale, crop, flip, jitter) and validation batches (resized, padded) of a reader.
 
     Batches are dicts of ``image`` (B, 3, h, w) float32, ``mask`` (B, h, w) int64 (255 = ignore), ``valid``
@@ -77,22 +77,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set: SegmentationDataset | None = None
         self.bad_samples: Counter[str] = Counter()  # name -> times skipped while loading
         self._warned_for: tuple[frozenset[str], frozenset[str]] | None = None  # what teardown last warned of
-
-    @property
-    def root(self) -> Path:
-        return self.reader.root
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.reader.class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return self.reader.num_classes
-
-    @property
-    def has_background(self) -> bool:
-        return self.reader.has_background
 
     def check(self) -> Path:
         """Validate the root and both lists (cheap: no image is opened); returns the resolved root."""

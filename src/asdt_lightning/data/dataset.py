@@ -377,7 +377,29 @@ class BadSample:
     message: str
 
 
-class SegmentationDataset(Dataset):
+class ReaderView:
+    """The root, classes and background flag of the ``reader`` an object holds (datasets, the DataModule)."""
+
+    reader: SegmentationReader
+
+    @property
+    def root(self) -> Path:
+        return self.reader.root
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.reader.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return self.reader.num_classes
+
+    @property
+    def has_background(self) -> bool:
+        return self.reader.has_background
+
+
+class SegmentationDataset(ReaderView, Dataset):
     """Transformed samples of one list of any reader.
 
     ``__getitem__`` returns a dict: ``image`` (3, h, w) float32 (normalised), ``valid`` (h, w) bool (False on
@@ -404,18 +426,6 @@ class SegmentationDataset(Dataset):
         self.names = list(entries.names)
         self.image_labels = entries.labels
         self.skipped = dict(entries.skipped)
-
-    @property
-    def root(self) -> Path:
-        return self.reader.root
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.reader.class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return self.reader.num_classes
 
     def __len__(self) -> int:
         return len(self.names)

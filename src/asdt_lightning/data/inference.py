@@ -6,7 +6,7 @@ image's own resolution and written or scored at that size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +17,12 @@ from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX
 from ..errors import DatasetError
-from .dataset import SegmentationReader
-from .registry import build_reader
+from .dataset import ReaderView, SegmentationReader
+from .registry import reader_for as reader_for  # re-exported: the entry points read images through it
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
-def reader_for(data: Mapping[str, Any]) -> SegmentationReader:
-    """The reader of a ``dataset`` config (the synthetic set is generated first if needed), checked against
-    ``dataset.has_background``."""
-    reader = build_reader(data)
-    if bool(data["has_background"]) != reader.has_background:
-        raise DatasetError(
-            f"dataset.has_background={data['has_background']} but {data['name']} "
-            f"{'has' if reader.has_background else 'has no'} background class; leave it as conf/dataset sets it"
-        )
-    return reader
-
-
-class InferenceImages(Dataset):
+class InferenceImages(ReaderView, Dataset):
     """One list of a reader at original size, with image labels and ground-truth masks.
 
     ``__getitem__`` returns a dict: ``image`` (3, H, W) float32 normalised, ``rgb`` (3, H, W) uint8, ``size``
@@ -65,14 +53,6 @@ class InferenceImages(Dataset):
             reader.require_masks(split, self.names)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.reader.class_names)
-
-    @property
-    def has_background(self) -> bool:
-        return self.reader.has_background
 
     def __len__(self) -> int:
         return len(self.names)

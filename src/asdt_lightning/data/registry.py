@@ -67,14 +67,21 @@ def build_reader(data: Mapping[str, Any]) -> SegmentationReader:
     return VOCReader(data["root"], class_names or dataset_class_names(name))
 
 
-def build_datamodule(data: Mapping[str, Any], seed: int) -> SegmentationDataModule:
-    """The DataModule of a ``dataset`` config, after the cheap check that ``prepare`` also runs."""
+def reader_for(data: Mapping[str, Any]) -> SegmentationReader:
+    """The reader of a ``dataset`` config (the synthetic set is generated first if needed), checked against
+    ``dataset.has_background``."""
     reader = build_reader(data)
     if bool(data["has_background"]) != reader.has_background:
         raise DatasetError(
             f"dataset.has_background={data['has_background']} but {data['name']} "
             f"{'has' if reader.has_background else 'has no'} background class; leave it as conf/dataset sets it"
         )
+    return reader
+
+
+def build_datamodule(data: Mapping[str, Any], seed: int) -> SegmentationDataModule:
+    """The DataModule of a ``dataset`` config, after the cheap check that ``prepare`` also runs."""
+    reader = reader_for(data)
     datamodule = SegmentationDataModule(
         reader,
         train_list=data["train_list"],

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from ..constants import IGNORE_INDEX
 from ..errors import DatasetError
-from ..io_utils import atomic_write, atomic_write_text
-from .voc import write_mask_png
+from ..io_utils import atomic_write_text
+from .voc_writer import VOCSample, write_voc_root
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("apple", "bell", "cone", "drum", "egg", "flag")
 # The class cue: a saturated colour and a pattern drawn in the object's frame (u along the major axis).
@@ -335,25 +334,12 @@ def ensure_synthetic_voc(root: str | Path, spec: SyntheticSpec) -> Path:
             "dataset.root or delete that folder"
         )
     _check_not_foreign(root)
-    folders = {key: root / key for key in ("JPEGImages", "SegmentationClass", "Annotations")}
-    for folder in [*folders.values(), root / "ImageSets" / "Segmentation"]:
-        folder.mkdir(parents=True, exist_ok=True)
     train, val = spec.names()
-    for index, name in enumerate(train + val):
-        jpg = folders["JPEGImages"] / f"{name}.jpg"
-        png = folders["SegmentationClass"] / f"{name}.png"
-        xml = folders["Annotations"] / f"{name}.xml"
-        if jpg.is_file() and png.is_file() and xml.is_file():
-            continue
+
+    def render(index: int, name: str) -> VOCSample:
         sample = _render(spec, index)
-        if not jpg.is_file():
-            image = Image.fromarray(sample.image)
-            atomic_write(jpg, lambda f, im=image: im.save(f, format="JPEG", quality=90))
-        if not png.is_file():
-            write_mask_png(png, sample.mask)
-        if not xml.is_file():
-            atomic_write_text(xml, _annotation_xml(name, sample))
-    for split, names in {"train": train, "val": val, "trainval": train + val}.items():
-        atomic_write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(names) + "\n")
+        return VOCSample(sample.image, sample.mask, _annotation_xml(name, sample))
+
+    write_voc_root(root, train + val, render, {"train": train, "val": val, "trainval": train + val}, jpeg_quality=90)
     atomic_write_text(marker, json.dumps(wanted, sort_keys=True) + "\n")
     return root

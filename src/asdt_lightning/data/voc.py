@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,8 +13,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatasetError
-from ..io_utils import atomic_write, atomic_write_text, cache_dir
+from ..io_utils import atomic_write, cache_dir
 from .dataset import SegmentationDataset, SegmentationReader, list_file_path, read_list_file, unreadable
+from .file_index import file_key, load_index, save_index
 
 # fmt: off
 VOC_CLASSES: tuple[str, ...] = (
@@ -173,19 +173,13 @@ def read_image_labels(xml_path: str | Path, class_to_index: Mapping[str, int]) -
     return labels_from_classes(read_object_classes(xml_path), class_to_index, xml_path)
 
 
+_LABEL_CACHE_VERSION = 1
+
+
 def label_cache_path(root: Path) -> Path:
     """``<cache>/labels/voc-<hash>.json``: the object classes of every parsed XML file of one root."""
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]
     return cache_dir() / "labels" / f"voc-{digest}.json"
-
-
-def _file_key(path: Path) -> list[int] | None:
-    """(mtime_ns, size) of a file, None when it does not exist: a cached parse is reused while this is equal."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size]
 
 
 def load_object_classes(root: Path, names: Sequence[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -194,18 +188,13 @@ def load_object_classes(root: Path, names: Sequence[str]) -> tuple[dict[str, lis
     Returns the classes per name and a problem line per name whose XML is missing or unreadable.
     """
     cache = label_cache_path(root)
-    entries: dict[str, Any] = {}
-    if cache.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            loaded = json.loads(cache.read_text())
-            if isinstance(loaded, dict) and loaded.get("version") == 1:
-                entries = loaded["entries"]
+    entries = load_index(cache, _LABEL_CACHE_VERSION)
     found: dict[str, list[str]] = {}
     problems: dict[str, str] = {}
     changed = False
     for name in names:
         xml = root / "Annotations" / f"{name}.xml"
-        key = _file_key(xml)
+        key = file_key(xml)
         if key is None:
             problems[name] = f"annotation {xml} is missing; image labels come from it ({VOC_URL})"
             continue
@@ -222,7 +211,7 @@ def load_object_classes(root: Path, names: Sequence[str]) -> tuple[dict[str, lis
         changed = True
     if changed:
         with contextlib.suppress(OSError):  # a read-only cache only costs the parse next time
-            atomic_write_text(cache, json.dumps({"version": 1, "entries": entries}))
+            save_index(cache, _LABEL_CACHE_VERSION, entries)
     return found, problems
 
 

@@ -197,7 +197,7 @@ def check_full_kernel_size(b: int, h: int, w: int) -> None:
     if size > FULL_KERNEL_MAX_BYTES:
         raise ValueError(
             f"a fully connected CRF kernel on a {h}x{w} label grid for {b} images needs {size / 2**30:.1f} GiB; "
-            "lower model.label_upsample or the crop size, or use connectivity=local"
+            "lower label_upsample or the crop size, or use connectivity=local"
         )
 
 

@@ -17,15 +17,15 @@ TEACHER_B = 1  # refinement teacher: full object structure
 
 
 def validate_pwm(period: int, duty: float, phase: int = 0, warmup: int = 0) -> None:
-    """Raise a one-line ``ASDTUserError`` for a PWM setting that makes no sense."""
+    """Raise a one-line ``ASDTUserError`` (a ValueError) naming the argument of a PWM setting that makes no sense."""
     if isinstance(period, bool) or not isinstance(period, int) or period <= 0:
-        raise ASDTUserError(f"pwm.period must be a positive integer number of steps, got {period!r}")
+        raise ASDTUserError(f"period must be a positive integer number of steps, got {period!r}")
     if not 0.0 <= float(duty) <= 1.0:
-        raise ASDTUserError(f"pwm.duty must lie in [0, 1] (0 = CAM teacher only, 1 = refinement only), got {duty}")
+        raise ASDTUserError(f"duty must lie in [0, 1] (0 = CAM teacher only, 1 = refinement only), got {duty}")
     if isinstance(phase, bool) or not isinstance(phase, int):
-        raise ASDTUserError(f"pwm.phase must be an integer number of steps, got {phase!r}")
+        raise ASDTUserError(f"phase must be an integer number of steps, got {phase!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ASDTUserError(f"pwm.warmup must be a non-negative integer number of steps, got {warmup!r}")
+        raise ASDTUserError(f"warmup must be a non-negative integer number of steps, got {warmup!r}")
 
 
 def on_steps(period: int, duty: float) -> int:

@@ -37,7 +37,7 @@ class ASDTNet(nn.Module):
     ) -> None:
         super().__init__()
         if skip_channels < 0:
-            raise ASDTUserError(f"model.net.skip_channels must be >= 0 (0: no skip), got {skip_channels}")
+            raise ASDTUserError(f"skip_channels must be >= 0 (0: no skip), got {skip_channels}")
         self.backbone = backbone
         self.num_classes = num_classes
         self.has_background = has_background

@@ -86,7 +86,7 @@ def build_segmenter(
     if arch not in ARCHITECTURES:
         raise ASDTUserError(f"unknown segmenter arch '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
     if not rates or any(int(r) < 1 for r in rates):
-        raise ASDTUserError(f"segmenter.rates must be a non-empty list of positive dilation rates, got {list(rates)}")
+        raise ASDTUserError(f"rates must be a non-empty list of positive dilation rates, got {list(rates)}")
     net = build_backbone(backbone, output_stride, pretrained, weights, frozen_bn, frozen_stem)
     rates = [int(r) for r in rates]
     if arch == "deeplabv2":
