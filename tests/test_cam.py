@@ -1,13 +1,14 @@
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from asdt_lightning.method.cam import (
+    CAM_THRESHOLDS,
     IGNORE_INDEX,
     TeacherAParams,
     background_score,
-    cam_segmentation,
-    cam_segmentation_sweep,
+    cam_label_maps,
     merge_multiscale_cams,
     normalize_cams,
     refinement_teacher_labels,
@@ -105,28 +106,60 @@ def test_without_background_labels_are_the_image_classes():
     assert y[5, 7] == 0 and y[5, 8] == 2
 
 
-def test_cam_segmentation_thresholds_background():
+def test_cam_label_maps_threshold_the_background():
     norm = torch.zeros(1, 2, 2, 2)
     norm[0, 0, 0, 0] = 0.9
     norm[0, 1, 1, 1] = 0.4
     labels = torch.tensor([[1.0, 1.0]])
-    seg = cam_segmentation(norm, labels, bg_threshold=0.5)[0]
+    seg = cam_label_maps(norm, labels, [0.5])[0, 0]
     assert seg.tolist() == [[1, 0], [0, 0]]
-    seg = cam_segmentation(norm, labels, bg_threshold=0.3)[0]
+    seg = cam_label_maps(norm, labels, [0.3])[0, 0]
     assert seg.tolist() == [[1, 0], [0, 2]]
-    assert cam_segmentation(norm, torch.tensor([[0.0, 1.0]]), bg_threshold=None)[0].unique().tolist() == [1]
+    assert cam_label_maps(norm, torch.tensor([[0.0, 1.0]]), None)[0, 0].unique().tolist() == [1]
 
 
-def test_cam_segmentation_sweep_equals_one_threshold_at_a_time():
+def constant_background_argmax(norm, labels, threshold):
+    """The CAM baseline by its definition: argmax over [threshold, the image's CAMs] (absent classes -1)."""
+    scores = norm.masked_fill(~(labels > 0)[:, :, None, None], -1.0)
+    if threshold is None:
+        return scores.argmax(1)
+    return torch.cat([torch.full_like(scores[:, :1], threshold), scores], 1).argmax(1)
+
+
+def test_cam_label_maps_equal_the_argmax_with_a_constant_background():
     torch.manual_seed(0)
     norm = torch.rand(3, 4, 6, 5).round(decimals=1)  # many exact ties with the thresholds and between classes
     labels = torch.tensor([[1.0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
     thresholds = [0.0, 0.3, 0.5, 0.9, 1.0]
-    swept = cam_segmentation_sweep(norm, labels, thresholds)
-    assert swept.shape == (5, 3, 6, 5) and swept.dtype == torch.uint8
+    maps = cam_label_maps(norm, labels, thresholds)
+    assert maps.shape == (5, 3, 6, 5) and maps.dtype == torch.uint8
     for t, threshold in enumerate(thresholds):
-        assert torch.equal(swept[t].long(), cam_segmentation(norm, labels, threshold))
-    assert swept[:, 1].eq(0).all()  # an image without labels is background everywhere
+        assert torch.equal(maps[t].long(), constant_background_argmax(norm, labels, threshold))
+    assert maps[:, 1].eq(0).all()  # an image without labels is background everywhere
+    alone = cam_label_maps(norm, labels, None)  # no background class: the argmax over the image's classes
+    assert alone.shape == (1, 3, 6, 5) and torch.equal(alone[0].long(), constant_background_argmax(norm, labels, None))
+    assert set(alone[0, 0].unique().tolist()) <= {0, 2, 3} and alone[0, 2].eq(1).all()
+
+
+def test_cam_label_maps_equal_the_argmax_of_the_cam_distribution_with_background():
+    """The maps evaluate scored CAMs with before (argmax of ``cam_probabilities``): the same on realistic CAMs."""
+    from asdt_lightning.method.fusion import cam_probabilities
+
+    generator = torch.Generator().manual_seed(0)
+    raw = F.interpolate(torch.randn(4, 6, 8, 8, generator=generator), (64, 64), mode="bilinear")
+    labels = (torch.rand(4, 6, generator=generator) > 0.6).float()
+    labels[:, 0] = 1
+    norm = normalize_cams(raw, labels)
+    maps = cam_label_maps(norm, labels, CAM_THRESHOLDS)
+    for t, threshold in enumerate(CAM_THRESHOLDS):
+        assert torch.equal(maps[t].long(), cam_probabilities(norm, labels, threshold).argmax(1))
+
+
+def test_cam_label_maps_of_many_classes_are_long():
+    norm = torch.rand(1, 300, 2, 3)
+    labels = torch.ones(1, 300)
+    maps = cam_label_maps(norm, labels, [0.5])
+    assert maps.dtype == torch.long and torch.equal(maps[0], constant_background_argmax(norm, labels, 0.5))
 
 
 def test_refinement_teacher_labels_stay_within_the_image_classes():

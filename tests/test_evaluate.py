@@ -1,4 +1,5 @@
-"""Evaluation: the VOC mIoU definition (hand-computed and against a numpy implementation), PNG folders, reports."""
+"""Evaluation: PNG folders and checkpoints against a numpy mIoU, the CAM threshold sweep, shared work, reports.
+(The confusion matrix and its scores themselves: test_metrics.py.)"""
 
 import dataclasses
 import json
@@ -10,13 +11,7 @@ import torch
 from asdt_lightning.data.voc import read_mask, write_mask_png
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.evaluate import run_evaluate
-from asdt_lightning.metrics import (
-    ConfusionMatrices,
-    confusion_and_unlabelled,
-    confusion_matrix,
-    mean_iou,
-    segmentation_scores,
-)
+from asdt_lightning.metrics import mean_iou
 from wsss_helpers import compose_plain, save_asdt_checkpoint, tiny_reader
 
 FAST = ["num_workers=0", "progress=false", "crf_params.iterations=2", "crf_params.window=5"]
@@ -31,77 +26,6 @@ def numpy_miou(preds, gts, k, ignore=255):
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist))
     return np.nanmean(iou)
-
-
-def test_hand_computed_case():
-    gt = torch.tensor([[0, 0, 1, 1], [0, 2, 2, 255]])
-    pred = torch.tensor([[0, 1, 1, 1], [0, 2, 0, 1]])
-    cm = confusion_matrix(pred, gt, 4)
-    assert cm.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
-    # IoU: bg 2/(3+3-2)=0.5, c1 2/(2+3-2)=2/3, c2 1/(2+1-1)=0.5, c3 absent everywhere -> excluded
-    assert mean_iou(cm) == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
-    scores = segmentation_scores(cm, ["bg", "a", "b", "c"])
-    assert scores["iou"]["c"] is None
-    assert scores["precision"]["a"] == pytest.approx(2 / 3) and scores["recall"]["a"] == pytest.approx(1.0)
-    assert scores["precision"]["b"] == pytest.approx(1.0) and scores["recall"]["b"] == pytest.approx(0.5)
-    assert scores["pixel_accuracy"] == pytest.approx(5 / 7)
-
-
-def test_unlabelled_prediction_is_a_miss():
-    gt = torch.tensor([0, 0, 1, 1])
-    pred = torch.tensor([0, 255, 1, 255])
-    cm, unlabelled = confusion_and_unlabelled(pred, gt, 2)
-    assert cm.tolist() == [[1, 0], [0, 1]] and unlabelled.tolist() == [1, 1]
-    scores = segmentation_scores(cm, ["bg", "a"], unlabelled)
-    assert scores["miou"] == pytest.approx(0.5) and scores["labelled_fraction"] == pytest.approx(0.5)
-    assert scores["precision"]["a"] == 1.0 and scores["recall"]["a"] == 0.5
-
-
-def test_agrees_with_an_independent_numpy_implementation():
-    rng = np.random.default_rng(0)
-    k = 6
-    gts = [rng.integers(0, k, (17, 23)) for _ in range(5)]
-    for g in gts:
-        g[rng.random(g.shape) < 0.1] = 255
-    gts[0][gts[0] == 4] = 0  # a class missing from one image
-    preds = [
-        np.where(rng.random(g.shape) < 0.6, np.where(g == 255, 0, g), rng.integers(0, k - 1, g.shape)) for g in gts
-    ]
-    total = sum(confusion_matrix(torch.from_numpy(p), torch.from_numpy(g), k) for p, g in zip(preds, gts, strict=True))
-    assert mean_iou(total) == pytest.approx(numpy_miou(preds, gts, k), abs=1e-12)
-    from torchmetrics.classification import MulticlassConfusionMatrix
-
-    tm = MulticlassConfusionMatrix(k, ignore_index=255)
-    for p, g in zip(preds, gts, strict=True):
-        tm.update(torch.from_numpy(p), torch.from_numpy(g))
-    assert torch.equal(tm.compute(), total)
-
-
-def test_batched_confusion_matrices_equal_one_at_a_time():
-    generator = torch.Generator().manual_seed(3)
-    metric = ConfusionMatrices(count=3, num_classes=4)
-    expected = torch.zeros(3, 4, 4, dtype=torch.long)
-    for _ in range(2):  # accumulates over updates
-        target = torch.randint(0, 4, (2, 5, 6), generator=generator)
-        target[0, :2] = 255
-        preds = torch.randint(0, 4, (3, 2, 5, 6), generator=generator).to(torch.uint8)
-        metric.update(preds, target)
-        for m in range(3):
-            expected[m] += confusion_matrix(preds[m], target, 4)
-    assert torch.equal(metric.compute(), expected)
-    metric.reset()
-    assert metric.compute().sum() == 0
-    with pytest.raises(ValueError, match="expected predictions"):
-        metric.update(torch.zeros(2, 2, 5, 6, dtype=torch.long), target)
-    with pytest.raises(ValueError, match="ground-truth labels"):  # would land in another matrix's cells
-        metric.update(torch.zeros(3, 2, 5, 6, dtype=torch.long), torch.full((2, 5, 6), 4))
-
-
-def test_out_of_range_labels_are_refused():
-    with pytest.raises(ValueError, match="predicted labels"):
-        confusion_matrix(torch.tensor([7]), torch.tensor([0]), 3)
-    with pytest.raises(ValueError, match="ground-truth labels"):
-        confusion_matrix(torch.tensor([0]), torch.tensor([5]), 3)
 
 
 def test_png_folder_is_scored_against_ground_truth(tmp_path):
@@ -148,6 +72,9 @@ def test_checkpoint_is_scored_per_branch_with_and_without_crf(tmp_path):
             cm = torch.tensor(scores["confusion"])
             assert scores["miou"] == pytest.approx(mean_iou(cm))
             assert int(cm.sum()) > 0
+    markdown = (tmp_path / "out" / "results.md").read_text()  # the branch titles of metrics.BRANCH_TITLES
+    assert "| CAM teacher (A) |" in markdown and "| fused (max R, S) |" in markdown
+    assert "## refinement teacher (R) + local CRF" in markdown and report["params"]["fusion"] == "max"
 
 
 def test_checkpoint_of_another_dataset_is_refused(tmp_path):
@@ -209,27 +136,29 @@ def test_one_forward_and_one_crf_kernel_per_batch_for_every_branch_and_crf(tmp_p
     assert again["results"] == kept["results"] and again["cam_threshold"] == kept["cam_threshold"]
 
 
-def test_threshold_sweep_equals_scoring_each_threshold_alone():
-    from asdt_lightning.evaluate import Accumulator, ThresholdSweep
-    from asdt_lightning.method.fusion import cam_labels_per_threshold, cam_probabilities
+def test_threshold_sweep_equals_scoring_the_chosen_threshold_alone(tmp_path):
+    """The CAM without CRF at the best threshold of the sweep scores as the CAM branch at that threshold given."""
+    from asdt_lightning.evaluate import evaluate_model
+    from asdt_lightning.lit.inference import INFERENCE_CRF, InferenceParams
+    from asdt_lightning.method.cam import CAM_THRESHOLDS
+    from asdt_lightning.metrics import segmentation_scores
 
-    generator = torch.Generator().manual_seed(0)
-    cams = torch.rand(3, 4, 9, 11, generator=generator)
-    labels = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]])
-    target = torch.randint(0, 5, (3, 9, 11), generator=generator)
-    target[0, :2] = 255
-    thresholds = (0.1, 0.3, 0.5, 0.9)
-    sweep = ThresholdSweep(thresholds, 5)
-    sweep.update(cams, labels, target)
-    sweep.update(cams.flip(-1), labels, target)
-    for i, (t, pred) in enumerate(zip(thresholds, cam_labels_per_threshold(cams, labels, thresholds), strict=True)):
-        assert torch.equal(pred, cam_probabilities(cams, labels, t).argmax(1))
-        alone = Accumulator(5)
-        alone.update(pred, target)
-        alone.update(cam_probabilities(cams.flip(-1), labels, t).argmax(1), target)
-        assert torch.equal(sweep.accumulator(i).confusion, alone.confusion)
-    with pytest.raises(ValueError, match="ground-truth labels"):
-        sweep.update(cams, labels, torch.full((3, 9, 11), 5))
+    module, images = _tiny_model_and_images(tmp_path)
+    params = InferenceParams(crf_params=dataclasses.replace(INFERENCE_CRF, iterations=2, window=5))
+    cpu = torch.device("cpu")
+    swept = evaluate_model(module, images, ["cam"], ["none"], params, cpu, batch_size=2, progress=False)
+    chosen = swept["cam_threshold"]
+    assert chosen in CAM_THRESHOLDS
+    given = dataclasses.replace(params, cam_threshold=chosen)
+    alone = evaluate_model(module, images, ["cam"], ["none"], given, cpu, batch_size=3, progress=False)
+    assert alone["cam_threshold"] == chosen and alone["results"] == swept["results"]
+    names = swept["label_names"]
+    for t in (CAM_THRESHOLDS[0], CAM_THRESHOLDS[-1]):  # other thresholds score no higher
+        other = evaluate_model(
+            module, images, ["cam"], ["none"], dataclasses.replace(params, cam_threshold=t), cpu, progress=False
+        )
+        confusion = torch.tensor(other["results"]["cam"]["none"]["confusion"])
+        assert segmentation_scores(confusion, names)["miou"] <= swept["results"]["cam"]["none"]["miou"]
 
 
 def test_shared_crf_kernel_gives_the_per_call_crf(tmp_path):

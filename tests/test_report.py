@@ -12,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_module
 
 from asdt_lightning.report import main, make_report
-from tiny_runs import TINY_RUN
+from tiny_runs import NO_PROGRESS_BAR, TINY_RUN
 
 SRC = str(Path(__file__).parents[1] / "src")
 
@@ -56,6 +56,7 @@ def test_report_averages_over_seeds_per_swept_value(tmp_path):
     ]
     md = result["paths"]["summary_md"].read_text()
     assert "| 0.5 | 2 | 40.00 ± 0.00 | 44.00 ± 7.07 | 43.00 ± 7.07 | 45.00 ± 7.07 |" in md
+    assert "| CAM teacher (A) mIoU (%) |" in md and "| fused (max R, S) mIoU (%) |" in md  # metrics.BRANCH_TITLES
     one_seed = next(line for line in md.splitlines() if line.startswith("| 1 | 1 |"))
     assert "±" not in one_seed  # a single seed has a mean, not a spread
     png = result["paths"]["plot"]
@@ -104,15 +105,7 @@ def test_seeded_sweep_with_wandb_and_no_account_then_report(tmp_path):
     env.update(PYTHONPATH=SRC, HOME=str(tmp_path / "home"), WANDB_SILENT="true", OMP_NUM_THREADS="1")
     env["WANDB_CONFIG_DIR"] = env["WANDB_CACHE_DIR"] = env["WANDB_DATA_DIR"] = str(tmp_path / "wandb_home")
     sweep_dir = tmp_path / "multirun"
-    tiny = [
-        *TINY_RUN,
-        "model.cam_scales=[1.0]",
-        "trainer.accelerator=cpu",
-        "trainer.max_steps=2",
-        "trainer.enable_model_summary=false",
-        "trainer.enable_progress_bar=false",
-        "tracking.panels=0",
-    ]
+    tiny = [*TINY_RUN, *NO_PROGRESS_BAR, "trainer.max_steps=2", "tracking.panels=0"]
     cmd = [sys.executable, "-m", "asdt_lightning.train", "-m", "sweep=pwm_duty", "pwm.duty=0,1", "seed=3"]
     cmd += ["logger=[csv,wandb]", *tiny, f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
@@ -144,7 +137,7 @@ def test_plot_title_names_the_sweep_the_swept_settings_and_the_metric(tmp_path):
         "mean ± std over seeds; multirun 12-00-00",
     ]
     two = plot_title(tmp_path, runs, ["backbone", "pwm.duty"], "backbone", "student")
-    assert two.splitlines()[0] == "sweep x: validation S mIoU vs backbone, one line per pwm.duty"
+    assert two.splitlines()[0] == "sweep x: validation student (S) mIoU vs backbone, one line per pwm.duty"
 
 
 def test_sweep_name_comes_from_multirun_yaml_without_overrides(tmp_path):

@@ -71,3 +71,31 @@ def test_incomplete_pseudo_mask_folder_is_refused_before_training(tmp_path):
     with pytest.raises(ASDTUserError, match="unknown segmenter.arch"):
         segment(segment_config(tmp_path, f"pseudo_masks={tmp_path / 'masks'}", "segmenter.arch=unet"))
     assert not (tmp_path / "seg" / "checkpoints").exists()
+
+
+def test_validation_counts_the_confusion_matrix_of_torchmetrics_with_ignored_pixels():
+    """The second stage's validation mIoU: the package's one confusion matrix, equal to torchmetrics' own."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    from asdt_lightning.lit.segmenter import SegmenterModule
+    from asdt_lightning.metrics import mean_iou
+
+    torch.manual_seed(0)
+    net = {"arch": "deeplabv2", "backbone": "resnet18", "output_stride": 8, "rates": [1, 2], "pretrained": False}
+    module = SegmenterModule(net, ["apple", "pear"]).eval()
+    reference = MulticlassConfusionMatrix(3, ignore_index=255)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for i in range(2):
+            images = torch.randn(2, 3, 24, 32, generator=generator)
+            masks = torch.randint(0, 3, (2, 24, 32), generator=generator)
+            masks[:, :4] = 255
+            module.validation_step({"image": images, "mask": masks}, i)
+            reference.update(module(images).argmax(1), masks)
+    expected = reference.compute()
+    assert torch.equal(module.val_confusion.compute(), expected) and int(expected.sum()) == 2 * 2 * 20 * 32
+    module.log = lambda *args, **kwargs: None  # no trainer
+    module.on_validation_epoch_end()
+    assert module.val_results["miou"] == mean_iou(expected)
+    assert list(module.val_results["per_class_iou"]) == ["background", "apple", "pear"]
+    assert not [k for k in module.state_dict() if "confusion" in k]  # checkpoints hold no metric state

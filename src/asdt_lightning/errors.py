@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +40,16 @@ class ASDTUserError(ValueError):
         original = worker_message(type(self), text)
         self.worker_traceback = text if original is not None else None
         super().__init__(text if original is None else original)
+
+
+def with_config_path(err: Exception, path: str, names: Iterable[str] | None = None) -> Exception:
+    """A pure layer's error, whose message starts with its argument's name, as the command line's:
+    ``with_config_path(e, "pwm")``: "period must ..." -> "pwm.period must ...". With ``names``, only a message
+    starting with one of them is prefixed (others come back unchanged)."""
+    first = str(err).split(" ", 1)[0]
+    if names is not None and first not in set(names):
+        return err
+    return ASDTUserError(f"{path}.{err}")
 
 
 class DatasetError(ASDTUserError):

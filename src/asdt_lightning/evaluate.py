@@ -26,11 +26,12 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .cli import run_preflight
+from .config import plain_config
 from .constants import IGNORE_INDEX
 from .data.inference import InferenceImages, pad_collate, reader_for, same_size_batches
 from .data.voc import read_mask
@@ -45,76 +46,46 @@ from .lit.inference import (
     model_outputs,
     resolve_device,
 )
+from .method.cam import CAM_THRESHOLDS, cam_label_maps
 from .method.dense_crf import CRF_CHOICES, check_crf
-from .method.fusion import BRANCH_CHOICES, cam_labels_per_threshold
-from .metrics import confusion_and_unlabelled, scores_table, segmentation_scores
+from .method.fusion import BRANCH_CHOICES
+from .metrics import (
+    BRANCH_TITLES,  # noqa: F401  (importers of evaluate.BRANCH_TITLES; its home is metrics)
+    ConfusionMatrices,
+    ConfusionMatrix,
+    branch_title,
+    label_names,
+    scores_table,
+    segmentation_scores,
+)
 
-BRANCH_TITLES = {
-    "cam": "CAM (A)",
-    "refine": "R",
-    "student": "S",
-    "fused": "fused",
-    "segmenter": "second stage",
-    "folder": "PNG folder",
-}
-DEFAULT_CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 CACHE_BYTES = 2 << 30  # first-pass batches (CAMs, images, CRF kernels) the CAM + CRF pass may reuse from memory
 
 
-class Accumulator:
-    """A (K, K) confusion matrix and (K,) unlabelled counts, summed over images."""
-
-    def __init__(self, num_labels: int) -> None:
-        self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.int64)
-        self.unlabelled = torch.zeros(num_labels, dtype=torch.int64)
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        confusion, unlabelled = confusion_and_unlabelled(pred.cpu(), target.cpu(), self.confusion.shape[0])
-        self.confusion += confusion
-        self.unlabelled += unlabelled
-
-    def scores(self, label_names: Sequence[str]) -> dict[str, Any]:
-        return {
-            **segmentation_scores(self.confusion, label_names, self.unlabelled),
-            "confusion": self.confusion.tolist(),
-            "unlabelled": self.unlabelled.tolist(),
-        }
+def report_scores(confusion: torch.Tensor, unlabelled: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """One entry of the report: ``segmentation_scores`` with the confusion matrix and unlabelled counts."""
+    confusion, unlabelled = confusion.cpu(), unlabelled.cpu()
+    return {
+        **segmentation_scores(confusion, names, unlabelled),
+        "confusion": confusion.tolist(),
+        "unlabelled": unlabelled.tolist(),
+    }
 
 
-class ThresholdSweep:
-    """The CAM's (T, K, K) confusion matrices at every background threshold, filled with one bincount per batch."""
-
-    def __init__(self, thresholds: Sequence[float], num_labels: int) -> None:
-        self.thresholds = tuple(thresholds)
-        self.confusion = torch.zeros(len(self.thresholds), num_labels, num_labels, dtype=torch.int64)
-
-    def update(self, norm_cams: torch.Tensor, image_labels: torch.Tensor, target: torch.Tensor) -> None:
-        """(B, C, H, W) normalised CAMs, (B, C) image labels, (B, H, W) ground truth (255 ignored)."""
-        t, k = self.confusion.shape[:2]
-        target = target.to(norm_cams.device)
-        keep = target != IGNORE_INDEX
-        kept = target[keep]
-        if kept.numel() and (int(kept.max()) >= k or int(kept.min()) < 0):
-            raise ValueError(f"ground-truth labels must lie in [0, {k}) or be {IGNORE_INDEX}")
-        labels = cam_labels_per_threshold(norm_cams, image_labels, self.thresholds)
-        codes = [(i * k + kept) * k + pred[keep] for i, pred in enumerate(labels)]
-        self.confusion += torch.bincount(torch.cat(codes), minlength=t * k * k).view(t, k, k).cpu()
-
-    def best(self, label_names: Sequence[str]) -> int:
-        """The index of the threshold of highest mIoU (the first on ties)."""
-        return max(
-            range(len(self.thresholds)), key=lambda i: segmentation_scores(self.confusion[i], label_names)["miou"]
-        )
-
-    def accumulator(self, index: int) -> Accumulator:
-        """The scores at threshold ``index`` (no pixel is left unlabelled by a CAM argmax)."""
-        accumulator = Accumulator(self.confusion.shape[1])
-        accumulator.confusion += self.confusion[index]
-        return accumulator
+def best_threshold(confusions: torch.Tensor, names: Sequence[str]) -> int:
+    """The index of the (T, K, K) confusion matrix of highest mIoU (the first on ties)."""
+    confusions = confusions.cpu()
+    return max(range(len(confusions)), key=lambda i: segmentation_scores(confusions[i], names)["miou"])
 
 
-def label_names_of(class_names: Sequence[str], has_background: bool) -> list[str]:
-    return (["background"] if has_background else []) + list(class_names)
+def entry_title(branch: str, crf: str, fusion: str = "max") -> str:
+    """``branch_title`` of a report entry, with its CRF."""
+    return branch_title(branch, fusion) + ("" if crf == "none" else f" + {crf} CRF")
+
+
+def report_fusion(report: dict[str, Any]) -> str:
+    """How the report's fused branch fused R and S (``max`` for reports without a checkpoint)."""
+    return report.get("params", {}).get("fusion", "max")
 
 
 @dataclasses.dataclass
@@ -155,7 +126,7 @@ def score_jobs(
     params: InferenceParams,
     cam_threshold: float | None,
     has_background: bool,
-    acc: dict[tuple[str, str], Accumulator],
+    acc: dict[tuple[str, str], ConfusionMatrix],
 ) -> None:
     """Add every (branch, crf) job's label maps of ``batch`` to its accumulator; CRF kernels are shared."""
     for branch, crf in jobs:
@@ -163,7 +134,7 @@ def score_jobs(
             params, branch=branch if branch != "segmenter" else "fused", crf=crf, cam_threshold=cam_threshold
         )
         pred, _ = label_maps(batch.outputs, batch.rgb, batch.labels, batch.sizes, job, has_background, batch.kernels)
-        acc[(branch, crf)].update(pred, batch.masks)
+        acc[(branch, crf)].update(pred.cpu(), batch.masks.cpu())
 
 
 class BatchCache:
@@ -196,7 +167,7 @@ def evaluate_model(
     crfs: Sequence[str],
     params: InferenceParams,
     device: torch.device,
-    cam_thresholds: Sequence[float] = DEFAULT_CAM_THRESHOLDS,
+    cam_thresholds: Sequence[float] = CAM_THRESHOLDS,
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,
@@ -212,10 +183,12 @@ def evaluate_model(
     """
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     has_background = base.has_background
-    names = label_names_of(base.class_names, has_background)
-    acc = {(b, c): Accumulator(len(names)) for b in branches for c in crfs}
+    names = label_names(base.class_names, has_background)
+    acc = {(b, c): ConfusionMatrix(len(names), sync_on_compute=False) for b in branches for c in crfs}
     sweep_cam = "cam" in branches and has_background and params.cam_threshold is None
-    sweep = ThresholdSweep(cam_thresholds, len(names)) if sweep_cam else None
+    sweep: ConfusionMatrices | None = None  # the CAM's confusion matrices at every background threshold
+    if sweep_cam:
+        sweep = ConfusionMatrices(len(cam_thresholds), len(names), sync_on_compute=False).to(device)
     first = [(b, c) for b, c in acc if not (sweep_cam and b == "cam")]
     cam_crfs = [(b, c) for b, c in acc if sweep_cam and b == "cam" and c != "none"]
     sizes = base.image_sizes()
@@ -232,23 +205,29 @@ def evaluate_model(
     cache = BatchCache(cache_bytes if cam_crfs else 0)
     for index, batch in enumerate(loader(batches, "evaluating")):
         if sweep is not None:
-            sweep.update(batch.outputs["cam"], batch.labels, batch.masks)
+            cams = batch.outputs["cam"]
+            sweep.update(cam_label_maps(cams, batch.labels, cam_thresholds), batch.masks.to(cams.device))
         score_jobs(batch, first, params, params.cam_threshold, has_background, acc)
         if cam_crfs:
             cache.offer(index, batch)
     cam_threshold = params.cam_threshold
+    cam_scores: dict[str, Any] | None = None  # the CAM without CRF at the chosen threshold, from the sweep
     if sweep is not None:
-        best = sweep.best(names)
+        confusions, unlabelled = sweep.counts()
+        best = best_threshold(confusions, names)
         cam_threshold = float(cam_thresholds[best])
         if ("cam", "none") in acc:
-            acc[("cam", "none")] = sweep.accumulator(best)
+            cam_scores = report_scores(confusions[best], unlabelled[best], names)
         missing = [batches[i] for i in cache.missing(len(batches))] if cam_crfs else []
         desc = f"CAM + CRF at threshold {cam_threshold}"
         for batch in chain(cache.drain(device), loader(missing, desc) if missing else ()):
             score_jobs(batch, cam_crfs, params, cam_threshold, has_background, acc)
     results: dict[str, dict[str, Any]] = {}
     for (branch, crf), accumulator in acc.items():
-        results.setdefault(branch, {})[crf] = accumulator.scores(names)
+        if (branch, crf) == ("cam", "none") and cam_scores is not None:
+            results.setdefault(branch, {})[crf] = cam_scores
+        else:
+            results.setdefault(branch, {})[crf] = report_scores(*accumulator.counts(), names)
     return {
         "results": results,
         "cam_threshold": cam_threshold if "cam" in branches else None,
@@ -273,8 +252,8 @@ def evaluate_folder(pred_dir: Path, dataset: InferenceImages, names_subset: Sequ
             f"{len(missing)} of {len(names)} images of '{dataset.split}' have no prediction in {pred_dir} "
             f"(e.g. {missing[0]}.png)"
         )
-    label_names = label_names_of(dataset.class_names, dataset.has_background)
-    acc = Accumulator(len(label_names))
+    labels = label_names(dataset.class_names, dataset.has_background)
+    acc = ConfusionMatrix(len(labels), sync_on_compute=False)
     start = time.perf_counter()
     for name in names:
         path = reader.mask_file(name)
@@ -286,30 +265,30 @@ def evaluate_folder(pred_dir: Path, dataset: InferenceImages, names_subset: Sequ
                 f"prediction {pred_dir / f'{name}.png'} is {pred.shape[1]}x{pred.shape[0]} but the ground truth is "
                 f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the original image size"
             )
-        bad = (pred != IGNORE_INDEX) & (pred >= len(label_names))
+        bad = (pred != IGNORE_INDEX) & (pred >= len(labels))
         if bad.any():
             raise ASDTUserError(
                 f"prediction {pred_dir / f'{name}.png'} holds label {int(pred[bad].max())} but the dataset has "
-                f"{len(label_names)} labels (0..{len(label_names) - 1}, 255 = ignore)"
+                f"{len(labels)} labels (0..{len(labels) - 1}, 255 = ignore)"
             )
         acc.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
     return {
-        "results": {"folder": {"none": acc.scores(label_names)}},
+        "results": {"folder": {"none": report_scores(*acc.counts(), labels)}},
         "cam_threshold": None,
-        "label_names": label_names,
+        "label_names": labels,
         "images": len(names),
         "seconds": round(time.perf_counter() - start, 1),
     }
 
 
-def summary_table(results: dict[str, dict[str, Any]]) -> str:
-    """Markdown: one row per branch, one mIoU column per CRF setting."""
+def summary_table(results: dict[str, dict[str, Any]], fusion: str = "max") -> str:
+    """Markdown: one row per branch, one mIoU column per CRF setting (``fusion``: the fused branch's)."""
     crfs = list(dict.fromkeys(c for per_crf in results.values() for c in per_crf))
     header = " | ".join("mIoU (%)" if c == "none" else f"mIoU + {c} CRF (%)" for c in crfs)
     lines = [f"| branch | {header} |", "|---|" + "---:|" * len(crfs)]
     for branch, per_crf in results.items():
         cells = [f"{100 * per_crf[c]['miou']:.2f}" if c in per_crf else "-" for c in crfs]
-        lines.append(f"| {BRANCH_TITLES.get(branch, branch)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {branch_title(branch, fusion)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -317,17 +296,17 @@ def results_markdown(report: dict[str, Any]) -> str:
     """The whole report as markdown: what was evaluated, the summary and per-class IoU/precision/recall."""
     source = report.get("checkpoint") or report.get("pred_dir")
     threshold = report["cam_threshold"]
+    fusion = report_fusion(report)
     lines = [
         f"# Evaluation on '{report['split']}' ({report['dataset']}, {report['images']} images)",
         "",
         f"Source: `{source}`" + (f"; CAM background threshold {threshold}" if threshold is not None else ""),
         "",
-        summary_table(report["results"]),
+        summary_table(report["results"], fusion),
     ]
     for branch, per_crf in report["results"].items():
         for crf, scores in per_crf.items():
-            title = BRANCH_TITLES.get(branch, branch) + ("" if crf == "none" else f" + {crf} CRF")
-            lines += ["", f"## {title}", "", scores_table({"": scores})]
+            lines += ["", f"## {entry_title(branch, crf, fusion)}", "", scores_table({"": scores})]
     return "\n".join(lines) + "\n"
 
 
@@ -380,7 +359,7 @@ def write_report(report: dict[str, Any], out: Path, figure: bool) -> None:
         for branch, per_crf in report["results"].items():
             for crf, scores in per_crf.items():
                 suffix = "" if crf == "none" else f"_{crf}_crf"
-                title = f"{BRANCH_TITLES.get(branch, branch)}{'' if crf == 'none' else f' + {crf} CRF'}, "
+                title = f"{entry_title(branch, crf, report_fusion(report))}, "
                 title += f"'{report['split']}' mIoU {100 * scores['miou']:.1f}%"
                 path = out / f"confusion_{branch}{suffix}.png"
                 confusion_figure(scores["confusion"], report["label_names"], title, path)
@@ -388,21 +367,21 @@ def write_report(report: dict[str, Any], out: Path, figure: bool) -> None:
 
 def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check everything cheap, then evaluate and write the report. ``cfg``: the plain evaluate config."""
-    ckpt, pred_dir = cfg.get("ckpt"), cfg.get("pred_dir")
+    ckpt, pred_dir = cfg["ckpt"], cfg["pred_dir"]
     if bool(ckpt) == bool(pred_dir):
         raise ASDTUserError("give exactly one of ckpt=<checkpoint> (a model) or pred_dir=<folder of PNGs>")
-    crfs = list(cfg.get("crfs") or ["none"])
+    crfs = list(cfg["crfs"] or ["none"])
     for crf in crfs:
         check_crf(crf)
     if len(set(crfs)) != len(crfs) or not set(crfs) <= set(CRF_CHOICES):
         raise ASDTUserError(f"crfs must be distinct values of {', '.join(CRF_CHOICES)}, got {crfs}")
-    branches = list(cfg.get("branches") or BRANCH_CHOICES)
+    branches = list(cfg["branches"] or BRANCH_CHOICES)
     unknown = [b for b in branches if b not in BRANCH_CHOICES]
     if unknown:
         raise ASDTUserError(f"unknown branch(es) {unknown}; choose from {', '.join(BRANCH_CHOICES)}")
-    if cfg.get("figure", True):
+    if cfg["figure"]:
         check_figure_backend()
-    limit = cfg.get("limit")
+    limit = cfg["limit"]
     if limit is not None and int(limit) < 1:
         raise ASDTUserError(f"limit must be a positive number of images or null, got {limit}")
     data = cfg["dataset"]
@@ -417,17 +396,20 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
         report.update(evaluate_folder(Path(pred_dir).expanduser(), dataset, names))
     else:
         params = InferenceParams(
-            fusion=cfg.get("fusion", "max"),
-            scales=tuple(float(s) for s in cfg.get("scales", [1.0])),
-            flip=bool(cfg.get("flip", False)),
-            crf_params=crf_params_from(cfg.get("crf_params")),
-            cam_threshold=None if cfg.get("cam_threshold") is None else float(cfg["cam_threshold"]),
+            fusion=cfg["fusion"],
+            scales=tuple(float(s) for s in cfg["scales"]),
+            flip=bool(cfg["flip"]),
+            crf_params=crf_params_from(cfg["crf_params"]),
+            cam_threshold=None if cfg["cam_threshold"] is None else float(cfg["cam_threshold"]),
         )
-        device = resolve_device(cfg.get("device", "auto"))
+        device = resolve_device(cfg["device"])
         module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
         kind = "asdt" if hasattr(module, "branch_probabilities") else "segmenter"  # as checkpoint_kind said
         subset = Subset(dataset, range(min(int(limit), len(dataset)))) if limit else dataset
-        report.update(checkpoint=str(ckpt), kind=kind, params={"scales": list(params.scales), "flip": params.flip})
+        used: dict[str, Any] = {"scales": list(params.scales), "flip": params.flip}
+        if kind == "asdt":
+            used["fusion"] = params.fusion  # the fused branch's title names it
+        report.update(checkpoint=str(ckpt), kind=kind, params=used)
         report.update(
             evaluate_model(
                 module,
@@ -436,20 +418,20 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
                 crfs,
                 params,
                 device,
-                batch_size=int(cfg.get("batch_size", 8)),
-                num_workers=int(cfg.get("num_workers", 0)),
-                progress=bool(cfg.get("progress", True)),
+                batch_size=int(cfg["batch_size"]),
+                num_workers=int(cfg["num_workers"]),
+                progress=bool(cfg["progress"]),
             )
         )
-    write_report(report, out, bool(cfg.get("figure", True)))
-    print(summary_table(report["results"]))
+    write_report(report, out, bool(cfg["figure"]))
+    print(summary_table(report["results"], report_fusion(report)))
     print(f"({report['images']} images of '{split}'; results in {out})")
     return report
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def hydra_main(cfg: DictConfig) -> None:
-    run_or_exit(run_evaluate, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    run_or_exit(lambda: run_evaluate(plain_config(cfg)))
 
 
 def main() -> None:

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 from hydra import compose
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .cli import run_preflight
+from .config import plain_config
 from .errors import run_or_exit
-from .evaluate import BRANCH_TITLES, check_figure_backend, run_evaluate
+from .evaluate import check_figure_backend, run_evaluate
 from .io_utils import atomic_write_text
 from .method.dense_crf import check_crf
+from .metrics import BRANCH_TITLES
 from .pseudo_labels import run_export
 from .segment import segment
 from .train import train
@@ -41,10 +43,6 @@ def resolve_crf(crf: str) -> str:
     except ImportError:
         return "local"
     return "dense"
-
-
-def _plain(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
 def _stage(name: str, done: Path, timings: dict[str, float], work: Callable[[], Any]) -> None:
@@ -97,118 +95,105 @@ def pipeline_table(pseudo: dict[str, Any], export: dict[str, Any], stage2: dict[
     return "\n".join(lines)
 
 
-def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    """All stages; needs an initialised Hydra (``hydra.main`` or ``initialize_config_module``) to compose configs."""
-    out = Path(cfg.output_dir)
-    crf = resolve_crf(cfg.crf)
-    common: Sequence[str] = list(cfg.common)
-    evaluate_extra: Sequence[str] = list(cfg.evaluate)
+class Stage(NamedTuple):
+    """One stage: its title, the file whose presence means it is done, and the work."""
+
+    name: str
+    done: Path
+    run: Callable[[], Any]
+
+
+def pipeline_stages(cfg: DictConfig, out: Path, crf: str) -> list[Stage]:
+    """The six stages in order; each composes its entry point's config from the stage overrides when it runs."""
+    common, extra = list(cfg.common), list(cfg.evaluate)
     crfs = "[none]" if crf == "none" else f"[none,{crf}]"
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    check_crf(crf)  # cheap checks of the later stages before the long first one
-    if not any(o.replace(" ", "") == "figure=false" for o in evaluate_extra):
-        check_figure_backend()
-
-    asdt = out / "asdt"
-    _stage(
-        "train ASDT",
-        asdt / "metrics.json",
-        timings,
-        lambda: train(compose("train", overrides=[*common, *cfg.train, f"output_dir={asdt}"])),
-    )
+    asdt, masks, seg = out / "asdt", out / "pseudo_masks", out / "segment"
     ckpt = asdt / "checkpoints" / "last.ckpt"
-    asdt_metrics = json.loads((asdt / "metrics.json").read_text())
-
-    eval_pseudo = out / "eval_pseudo"
     limit = "null" if cfg.pseudo_eval_limit is None else int(cfg.pseudo_eval_limit)
-    pseudo_overrides = [
-        *common,
-        f"ckpt={ckpt}",
-        "split=${dataset.train_list}",
-        f"crfs={crfs}",
-        f"limit={limit}",
-        f"cam_threshold={asdt_metrics['cam_threshold']}",  # chosen on the validation set by train
-        f"out={eval_pseudo}",
-        *evaluate_extra,
-    ]
-    _stage(
-        "score branches as pseudo masks",
-        eval_pseudo / "results.json",
-        timings,
-        lambda: run_evaluate(_plain(compose("evaluate", overrides=pseudo_overrides))),
-    )
 
-    masks = out / "pseudo_masks"
-    export_overrides = [*common, f"ckpt={ckpt}", f"crf={crf}", f"out={masks}", *cfg.pseudo_labels]
-    _stage(
-        "export pseudo masks",
-        masks / "summary.json",
-        timings,
-        lambda: atomic_write_text(
-            masks / "summary.json",
-            json.dumps(run_export(_plain(compose("pseudo_labels", overrides=export_overrides))), indent=2),
+    def evaluate(folder: str, *overrides: str | Callable[[], str]) -> Stage:
+        def run() -> Any:
+            given = [o() if callable(o) else o for o in overrides]
+            return run_evaluate(
+                plain_config(compose("evaluate", overrides=[*common, *given, f"out={out / folder}", *extra]))
+            )
+
+        return Stage(TITLES[folder], out / folder / "results.json", run)
+
+    def cam_threshold() -> str:  # chosen on the validation set by train
+        return f"cam_threshold={json.loads((asdt / 'metrics.json').read_text())['cam_threshold']}"
+
+    def export() -> None:
+        config = compose(
+            "pseudo_labels", overrides=[*common, f"ckpt={ckpt}", f"crf={crf}", f"out={masks}", *cfg.pseudo_labels]
+        )
+        atomic_write_text(masks / "summary.json", json.dumps(run_export(plain_config(config)), indent=2))
+
+    train_overrides = [*common, *cfg.train, f"output_dir={asdt}"]
+    segment_overrides = [*common, f"pseudo_masks={masks}", f"output_dir={seg}", *cfg.segment]
+    return [
+        Stage("train ASDT", asdt / "metrics.json", lambda: train(compose("train", overrides=train_overrides))),
+        evaluate(
+            "eval_pseudo",
+            f"ckpt={ckpt}",
+            "split=${dataset.train_list}",
+            f"crfs={crfs}",
+            f"limit={limit}",
+            cam_threshold,
         ),
-    )
-
-    eval_export = out / "eval_export"
-    export_eval = [*common, f"pred_dir={masks}", "split=${dataset.train_list}", f"out={eval_export}", *evaluate_extra]
-    _stage(
-        "score exported masks",
-        eval_export / "results.json",
-        timings,
-        lambda: run_evaluate(_plain(compose("evaluate", overrides=export_eval))),
-    )
-
-    seg = out / "segment"
-    _stage(
-        "train second stage",
-        seg / "metrics.json",
-        timings,
-        lambda: segment(
-            compose("segment", overrides=[*common, f"pseudo_masks={masks}", f"output_dir={seg}", *cfg.segment])
+        Stage("export pseudo masks", masks / "summary.json", export),
+        evaluate("eval_export", f"pred_dir={masks}", "split=${dataset.train_list}"),
+        Stage(
+            "train second stage", seg / "metrics.json", lambda: segment(compose("segment", overrides=segment_overrides))
         ),
-    )
-
-    eval_val = out / "eval_val"
-    val_overrides = [
-        *common,
-        f"ckpt={seg / 'checkpoints' / 'last.ckpt'}",
-        "crfs=[none]",
-        f"out={eval_val}",
-        *evaluate_extra,
+        evaluate("eval_val", f"ckpt={seg / 'checkpoints' / 'last.ckpt'}", "crfs=[none]"),
     ]
-    _stage(
-        "score second stage on val",
-        eval_val / "results.json",
-        timings,
-        lambda: run_evaluate(_plain(compose("evaluate", overrides=val_overrides))),
-    )
 
-    pseudo = json.loads((eval_pseudo / "results.json").read_text())
-    export = json.loads((eval_export / "results.json").read_text())
-    stage2 = json.loads((eval_val / "results.json").read_text())
-    stage2["arch"] = json.loads((seg / "metrics.json").read_text()).get("arch")
-    table = pipeline_table(pseudo, export, stage2, crf)
-    summary = {
+
+TITLES = {
+    "eval_pseudo": "score branches as pseudo masks",
+    "eval_export": "score exported masks",
+    "eval_val": "score second stage on val",
+}
+
+
+def pipeline_summary(out: Path, crf: str, timings: dict[str, float], wall_seconds: float) -> dict[str, Any]:
+    """``pipeline.json``'s content, from the stages' result files."""
+    pseudo, export, stage2 = (json.loads((out / d / "results.json").read_text()) for d in TITLES)
+    stage2["arch"] = json.loads((out / "segment" / "metrics.json").read_text()).get("arch")
+    return {
         "crf": crf,
-        "table": table,
+        "table": pipeline_table(pseudo, export, stage2, crf),
         "pseudo_masks_train": {b: {c: s["miou"] for c, s in v.items()} for b, v in pseudo["results"].items()},
         "cam_threshold": pseudo["cam_threshold"],
         "exported_masks_train": export["results"]["folder"]["none"]["miou"],
         "second_stage_val": stage2["results"]["segmenter"]["none"]["miou"],
-        "asdt_val": asdt_metrics["miou"],
+        "asdt_val": json.loads((out / "asdt" / "metrics.json").read_text())["miou"],
         "stage_seconds": timings,
-        "wall_seconds": round(time.perf_counter() - start, 1),
+        "wall_seconds": wall_seconds,
     }
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """All stages; needs an initialised Hydra (``hydra.main`` or ``initialize_config_module``) to compose configs."""
+    out = Path(cfg.output_dir)
+    crf = resolve_crf(cfg.crf)
+    start = time.perf_counter()
+    check_crf(crf)  # cheap checks of the later stages before the long first one
+    if not any(o.replace(" ", "") == "figure=false" for o in cfg.evaluate):
+        check_figure_backend()
+    timings: dict[str, float] = {}
+    for stage in pipeline_stages(cfg, out, crf):
+        _stage(stage.name, stage.done, timings, stage.run)
+    summary = pipeline_summary(out, crf, timings, round(time.perf_counter() - start, 1))
     atomic_write_text(out / "pipeline.json", json.dumps(summary, indent=2) + "\n")
     timing_lines = "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items())
     atomic_write_text(
         out / "pipeline.md",
-        f"# WSSS pipeline ({out})\n\n{table}\n\n| stage | wall (s) |\n|---|---:|\n{timing_lines}\n"
+        f"# WSSS pipeline ({out})\n\n{summary['table']}\n\n| stage | wall (s) |\n|---|---:|\n{timing_lines}\n"
         f"| **total** | **{summary['wall_seconds']:.0f}** |\n",
     )
-    print(f"\n{table}\n\n(total {summary['wall_seconds']:.0f} s; {out / 'pipeline.md'})")
+    print(f"\n{summary['table']}\n\n(total {summary['wall_seconds']:.0f} s; {out / 'pipeline.md'})")
     return summary
 
 

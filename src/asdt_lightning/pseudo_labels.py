@@ -206,18 +206,18 @@ def default_cam_threshold(ckpt: Path) -> float | None:
 
 
 def inference_params(cfg: dict[str, Any], ckpt: Path | None = None) -> InferenceParams:
-    """InferenceParams from the plain config of pseudo_labels / evaluate."""
-    cam_threshold = cfg.get("cam_threshold")
-    if cam_threshold is None and cfg.get("branch") == "cam" and ckpt is not None:
+    """InferenceParams from the plain pseudo_labels config (conf/pseudo_labels.yaml holds every default)."""
+    cam_threshold = cfg["cam_threshold"]
+    if cam_threshold is None and cfg["branch"] == "cam" and ckpt is not None:
         cam_threshold = default_cam_threshold(ckpt)
     return InferenceParams(
-        branch=cfg.get("branch", "fused"),
-        fusion=cfg.get("fusion", "max"),
-        scales=tuple(float(s) for s in cfg.get("scales", [1.0])),
-        flip=bool(cfg.get("flip", False)),
-        crf=cfg.get("crf", "none"),
-        crf_params=crf_params_from(cfg.get("crf_params")),
-        confidence=float(cfg.get("confidence", 0.0)),
+        branch=cfg["branch"],
+        fusion=cfg["fusion"],
+        scales=tuple(float(s) for s in cfg["scales"]),
+        flip=bool(cfg["flip"]),
+        crf=cfg["crf"],
+        crf_params=crf_params_from(cfg["crf_params"]),
+        confidence=float(cfg["confidence"]),
         cam_threshold=None if cam_threshold is None else float(cam_threshold),
     )
 
@@ -244,7 +244,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     split = cfg["split"]
     module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
     dataset = InferenceImages(reader, split, data["mean"], data["std"])
-    out = Path(cfg["out"]).expanduser() if cfg.get("out") else default_out_dir(ckpt, split)
+    out = Path(cfg["out"]).expanduser() if cfg["out"] else default_out_dir(ckpt, split)
     manifest = {
         "checkpoint_sha256": file_digest(ckpt),
         "dataset": data["name"],
@@ -268,7 +268,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
         batch_size=int(cfg["batch_size"]),
         num_workers=int(cfg["num_workers"]),
         save_confidence=bool(cfg["save_confidence"]),
-        progress=bool(cfg.get("progress", True)),
+        progress=bool(cfg["progress"]),
         label_threshold=float(cfg["label_threshold"]),
     )
     summary["out"] = str(out)

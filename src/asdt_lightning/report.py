@@ -27,9 +27,9 @@ import yaml
 
 from .errors import ASDTUserError
 from .io_utils import atomic_write, atomic_write_text
+from .metrics import BRANCH_TITLES
 
 BRANCHES = ("cam", "refine", "student", "fused")
-BRANCH_LABELS = {"cam": "CAM (A)", "refine": "R", "student": "S", "fused": "fused"}
 NOT_SETTINGS = ("output_dir", "ckpt_path", "seed", "hydra", "tracking")  # differ between runs without being swept
 
 
@@ -170,7 +170,7 @@ def runs_table(runs: Sequence[Run], keys: Sequence[str]) -> tuple[str, str]:
         for r in runs
     ]
     md_rows = [[d["run"], *(d[k] for k in keys), d["seed"], *(_pct(d[f"miou_{b}"]) for b in BRANCHES)] for d in dicts]
-    md = _markdown(["run", *keys, "seed", *(BRANCH_LABELS[b] for b in BRANCHES)], md_rows)
+    md = _markdown(["run", *keys, "seed", *(BRANCH_TITLES[b] for b in BRANCHES)], md_rows)
     return _csv(dicts, columns), md
 
 
@@ -192,7 +192,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tup
     for row in rows:
         cells = [_mean_cell(row, b) if f"{b}_mean" in row else "-" for b in BRANCHES]
         md_rows.append([*(row[k] for k in keys), row["n"], *cells])
-    header = [*keys, "seeds", *(f"{BRANCH_LABELS[b]} mIoU (%)" for b in BRANCHES)]
+    header = [*keys, "seeds", *(f"{BRANCH_TITLES[b]} mIoU (%)" for b in BRANCHES)]
     return _csv(rows, columns), _markdown(header, md_rows)
 
 
@@ -224,7 +224,7 @@ def plot_title(folder: str | Path, runs: Sequence[Run], keys: Sequence[str], x: 
     """
     x_key = x or (keys[0] if keys else None)
     others = [k for k in keys if k != x_key]
-    metric = f"validation {BRANCH_LABELS[branch]} mIoU" if others else "validation mIoU per branch"
+    metric = f"validation {BRANCH_TITLES[branch]} mIoU" if others else "validation mIoU per branch"
     against = f" vs {x_key}" if x_key else " of all runs (nothing swept)"
     by = f", one line per {', '.join(others)}" if others else ""
     name = sweep_name(runs, folder)
@@ -256,7 +256,7 @@ def plot(
         for r in runs:
             series.setdefault(", ".join(f"{k}={r.settings.get(k)}" for k in others), (branch, []))[1].append(r)
     else:
-        series = {BRANCH_LABELS[b]: (b, list(runs)) for b in BRANCHES}
+        series = {BRANCH_TITLES[b]: (b, list(runs)) for b in BRANCHES}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for label, (b, members) in series.items():
         by_x: dict[Any, list[float]] = {}
@@ -278,7 +278,7 @@ def plot(
     if not numeric:
         ax.set_xticks(range(len(order)), [str(v) for v in order])
     ax.set_xlabel(x_key or "")
-    ax.set_ylabel("validation mIoU (%)" + (f", {BRANCH_LABELS[branch]}" if others else ""))
+    ax.set_ylabel("validation mIoU (%)" + (f", {BRANCH_TITLES[branch]}" if others else ""))
     ax.set_title(title or "mIoU (mean ± std over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

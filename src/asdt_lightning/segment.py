@@ -12,40 +12,31 @@ image size with ``python -m asdt_lightning.evaluate ckpt=<run>/checkpoints/last.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .cli import run_preflight
 from .config import plain_config
 from .data.pseudo_masks import pseudo_mask_datamodule
 from .errors import ASDTUserError, run_or_exit
-from .hardware import trainer_settings
-from .io_utils import atomic_write_text
-from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.segmenter import SegmenterModule
 from .metrics import per_class_table
-from .models.backbones import available_backbones
+from .models.backbones import check_backbone
 from .models.deeplab import ARCHITECTURES
-from .tracking import build_loggers, finish_loggers
+from .runs import build_trainer, finish_run, fit_and_validate, start_run
 
 
 def check_config(plain: dict[str, Any]) -> None:
     """Cheap checks before any data or model is built."""
     backbone, arch = plain["backbone"], plain["segmenter"]["arch"]
-    if backbone["name"] not in available_backbones():
-        raise ASDTUserError(f"unknown backbone '{backbone['name']}'; choose one of: {', '.join(available_backbones())}")
+    check_backbone(backbone["name"], backbone.get("weights"))
     if arch not in ARCHITECTURES:
         raise ASDTUserError(f"unknown segmenter.arch '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
-    weights = backbone.get("weights")
-    if weights is not None and not Path(weights).expanduser().is_file():
-        raise ASDTUserError(f"backbone.weights file not found: {weights}")
 
 
 def build_segmenter_module(plain: dict[str, Any], class_names: list[str], has_background: bool) -> SegmenterModule:
@@ -74,31 +65,18 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(plain["seed"], workers=True)
     datamodule = pseudo_mask_datamodule(plain["dataset"], plain["seed"], plain["pseudo_masks"])
     module = build_segmenter_module(plain, datamodule.class_names, datamodule.has_background)
-    atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = build_loggers(plain.get("logger"), {k: v for k, v in plain.items() if k != "hydra"})
-    trainer = L.Trainer(
-        **trainer_settings(plain["trainer"]),
-        callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0)],
-        logger=loggers or False,
-        default_root_dir=out_dir,
-        plugins=[AtomicCheckpointIO()],
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=plain.get("ckpt_path"))
-    train_seconds = time.perf_counter() - start
-    trainer.validate(module, datamodule=datamodule, verbose=False)
+    loggers = start_run(cfg, plain, out_dir)
+    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0)
+    trainer = build_trainer(plain["trainer"], out_dir, [last], loggers)
     metrics = {
-        **module.val_results,
-        "global_step": trainer.global_step,
-        "train_seconds": round(train_seconds, 1),
+        **fit_and_validate(trainer, module, datamodule, plain.get("ckpt_path")),
         "pseudo_masks": str(plain["pseudo_masks"]),
         "dataset": plain["dataset"]["name"],
         "val_list": plain["dataset"]["val_list"],
         "arch": plain["segmenter"]["arch"],
         "backbone": plain["backbone"]["name"],
     }
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    finish_loggers(loggers, {"miou": {"segmenter": metrics["miou"]}})
+    finish_run(out_dir, metrics, loggers, summary={"miou": {"segmenter": metrics["miou"]}})
     names = list(metrics["per_class_iou"])
     print(f"\n{per_class_table({'second stage': list(metrics['per_class_iou'].values())}, names)}")
     print(f"second-stage validation mIoU {100 * metrics['miou']:.2f}% (outputs in {out_dir})")

@@ -9,9 +9,7 @@ Writes to the run's Hydra folder: ``metrics.json``, ``config_resolved.yaml``, ``
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +20,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checks import check_dataset, check_resume_checkpoint, check_trainer
 from .cli import run_preflight
+from .config import plain_config
 from .data.datamodule import SegmentationDataModule
 from .data.registry import build_datamodule as build_dataset_module
 from .data.registry import config_class_names
-from .errors import ASDTUserError, run_or_exit
-from .hardware import trainer_settings, uses_cuda
-from .io_utils import atomic_write_text, remove_empty_run_dir
+from .errors import ASDTUserError, run_or_exit, with_config_path
+from .hardware import uses_cuda
+from .io_utils import remove_empty_run_dir
 from .lit.callbacks import FinalStepCheckpoint, PWMCallback
-from .lit.checkpoint_io import AtomicCheckpointIO
 from .lit.module import ASDTModule
-from .metrics import miou_table
-from .models.backbones import available_backbones
-from .tracking import announce, build_callbacks, build_loggers, check_tracking, finish_loggers, quiet_start
+from .method.pwm import validate_pwm
+from .metrics import BRANCH_TITLES, miou_table
+from .models.backbones import check_backbone
+from .runs import build_trainer, finish_run, fit_and_validate, start_run
+from .tracking import announce, build_callbacks, check_tracking, quiet_start
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,11 @@ log = logging.getLogger(__name__)
 def check_config(cfg: DictConfig) -> None:
     """Cheap checks of the whole config, before any data or model is built (also run by ``preflight`` on every
     job of a multirun before the first starts)."""
-    PWMCallback(**cfg.pwm)  # validates period, duty, phase, warmup
-    if cfg.backbone.name not in available_backbones():
-        raise ASDTUserError(
-            f"unknown backbone '{cfg.backbone.name}'; choose one of: {', '.join(available_backbones())}"
-        )
-    weights = cfg.backbone.weights
-    if weights is not None and not Path(weights).expanduser().is_file():
-        raise ASDTUserError(f"backbone.weights file not found: {weights}")
+    try:
+        validate_pwm(**cfg.pwm)
+    except ValueError as err:
+        raise with_config_path(err, "pwm") from None
+    check_backbone(cfg.backbone.name, cfg.backbone.weights)
     check_tracking(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else {}, cfg.tracking)
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
     data: dict[str, Any] = OmegaConf.to_container(cfg.dataset, resolve=True)  # type: ignore[assignment]
@@ -89,12 +86,15 @@ def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
     )
 
 
+BRANCH_SUMMARY = "(CAM at its best background threshold {threshold}; outputs in {out_dir})"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Check, build, fit, validate; returns (and writes) the metrics."""
     check_config(cfg)
     quiet_start()
     out_dir = Path(cfg.output_dir)
-    plain: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    plain = plain_config(cfg)
     accelerator = str(plain["trainer"].get("accelerator", "auto"))
     plain["dataset"]["pin_memory"] = bool(plain["dataset"]["pin_memory"]) and uses_cuda(accelerator)
     L.seed_everything(cfg.seed, workers=True)
@@ -104,8 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = module.to(memory_format=torch.channels_last)
     crop = plain["dataset"]["crop_size"]
     module.example_input_array = torch.zeros(1, 3, crop, crop)  # the model summary's FLOPs per training image
-    atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
+    loggers = start_run(cfg, plain, out_dir)
     callbacks = [
         PWMCallback(**plain["pwm"]),
         FinalStepCheckpoint(
@@ -117,39 +116,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             save_top_k=1,
             save_last=True,
         ),
+        *build_callbacks(plain["tracking"], plain["trainer"], out_dir, has_loggers=bool(loggers)),
     ]
-    loggers = build_loggers(plain.get("logger"), {k: v for k, v in plain.items() if k != "hydra"})
-    callbacks += build_callbacks(plain["tracking"], plain["trainer"], out_dir, has_loggers=bool(loggers))
-    trainer = L.Trainer(
-        **{**trainer_settings(plain["trainer"]), "enable_model_summary": False},  # build_callbacks adds the summary
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=out_dir,
-        plugins=[AtomicCheckpointIO()],
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    train_seconds = time.perf_counter() - start
-    trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer = build_trainer(plain["trainer"], out_dir, callbacks, loggers, enable_model_summary=False)
     metrics = {
-        **module.val_results,
-        "global_step": trainer.global_step,
-        "train_seconds": round(train_seconds, 1),
+        **fit_and_validate(trainer, module, datamodule, cfg.ckpt_path),
         "precision": str(trainer.precision),
         "pwm": plain["pwm"],
         "dataset": plain["dataset"]["name"],
         "backbone": plain["backbone"]["name"],
     }
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    finish_loggers(loggers, metrics)
-    branch_names = {
-        "cam": "CAM teacher (A)",
-        "refine": "refinement teacher (R)",
-        "student": "student (S)",
-        "fused": "fused (max R, S)",
-    }
-    table = miou_table({branch_names[k]: v for k, v in metrics["miou"].items()})
-    announce(f"\n{table}\n(CAM at its best background threshold {metrics['cam_threshold']}; outputs in {out_dir})")
+    finish_run(out_dir, metrics, loggers)
+    table = miou_table({BRANCH_TITLES[k]: v for k, v in metrics["miou"].items()})
+    announce(f"\n{table}\n" + BRANCH_SUMMARY.format(threshold=metrics["cam_threshold"], out_dir=out_dir))
     return metrics
 
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image, ImageDraw
 
+from ..constants import IGNORE_INDEX
 from ..data.voc import voc_palette
 from ..io_utils import atomic_write
 
-IGNORE_INDEX = 255
 PANEL_COLUMNS = ("image", "ground truth", "CAM", "R", "S", "fused")
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 _IGNORE_COLOUR = np.array([255, 255, 255], dtype=np.uint8)

@@ -16,21 +16,10 @@ import torch
 from ..constants import IGNORE_INDEX
 from ..errors import ASDTUserError
 from ..method.cam import allowed_labels
-from ..method.crf import CRFParams, crf_kernel, mean_field
+from ..method.crf import INFERENCE_CRF, CRFParams, crf_kernel, mean_field
 from ..method.dense_crf import UNFOLD_BYTES, refine_with_crf
 from ..method.fusion import BRANCH_CHOICES, FUSION_CHOICES, branch_scores, labels_from_scores, tta_outputs
-
-# The inference CRF: the released code's teacher-B / test-time dense-CRF settings.
-INFERENCE_CRF = CRFParams(
-    iterations=10,
-    window=9,
-    gaussian_sxy=3,
-    gaussian_compat=3,
-    bilateral_sxy=83,
-    bilateral_srgb=5,
-    bilateral_compat=4,
-    connectivity="local",  # at the image's own resolution a fully connected kernel would not fit in memory
-)
+from ..params import params_from
 
 
 @dataclass(frozen=True)
@@ -58,12 +47,8 @@ class InferenceParams:
 
 
 def crf_params_from(values: dict[str, Any] | None) -> CRFParams:
-    """Inference CRF parameters: ``INFERENCE_CRF`` overridden by a plain dict; unknown keys refused."""
-    values = dict(values or {})
-    unknown = sorted(set(values) - set(CRFParams.__dataclass_fields__))
-    if unknown:
-        raise ASDTUserError(f"unknown crf_params {unknown}; known: {sorted(CRFParams.__dataclass_fields__)}")
-    return CRFParams(**{**INFERENCE_CRF.__dict__, **values})
+    """Inference CRF parameters: ``INFERENCE_CRF`` overridden by a plain dict (``crf_params``)."""
+    return params_from(INFERENCE_CRF, values, "crf_params")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -11,27 +11,27 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
-from ..errors import ASDTUserError
+from ..errors import ASDTUserError, with_config_path
 from ..method.asdt_loss import ASDTLoss, LossWeights, PairwiseParams, TeacherBParams, TeacherTargets
 from ..method.cam import (
+    CAM_THRESHOLDS,
     TeacherAParams,
     allowed_labels,
-    cam_segmentation,
-    cam_segmentation_sweep,
+    cam_label_maps,
     merge_multiscale_cams,
     normalize_cams,
 )
 from ..method.fusion import FUSION_CHOICES, fuse_branches
 from ..method.label_grid import rgb_at, unnormalize, valid_at
 from ..method.losses import classification_loss
-from ..metrics import ConfusionMatrices, iou_from_confusion
+from ..metrics import ConfusionMatrices, iou_from_confusion, label_names
 from ..models.asdt import ASDTOutput, build_asdt_net
 from ..params import params_from
 from .optim import OptimizerParams, build_optimizer, fused_allowed, parameter_groups, poly_schedule
 
 BRANCHES = ("cam", "refine", "student", "fused")
 SEGMENTATION_BRANCHES = ("refine", "student", "fused")
-CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # background scores the CAM is scored at
+HEAD_SETTINGS = ("head_channels", "head_dilation", "skip_channels")
 
 __all__ = ["ASDTModule", "LossWeights", "OptimizerParams", "PairwiseParams", "TeacherBParams", "TeacherTargets"]
 
@@ -82,9 +82,12 @@ class ASDTModule(L.LightningModule):
                 self.loss_weights, self.teacher_a, self.teacher_b, self.pairwise, has_background, label_upsample
             )
         except ValueError as err:
-            raise ASDTUserError(f"model.{err}") from None
+            raise with_config_path(err, "model") from None
         self.label_upsample = self.objective.label_upsample
-        self.net = build_asdt_net(num_classes=len(self.class_names), has_background=has_background, **net)
+        try:
+            self.net = build_asdt_net(num_classes=len(self.class_names), has_background=has_background, **net)
+        except ValueError as err:  # the heads' settings are model.net's (the backbone's errors name their keys)
+            raise with_config_path(err, "model.net", HEAD_SETTINGS) from None
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1) * 255, persistent=False)
         self.cam_thresholds = [float(t) for t in cam_thresholds] if has_background else [0.0]
@@ -179,11 +182,8 @@ class ASDTModule(L.LightningModule):
         images, image_labels, masks = batch["image"], batch["labels"], batch["mask"]
         outputs = self.branch_probabilities(images, image_labels)
         self.val_confusion.update(torch.stack([outputs[b].argmax(1) for b in SEGMENTATION_BRANCHES]), masks)
-        if self.has_background:
-            cam_labels = cam_segmentation_sweep(outputs["cam"], image_labels, self.cam_thresholds)
-        else:
-            cam_labels = cam_segmentation(outputs["cam"], image_labels, None)[None]
-        self.val_cam_confusion.update(cam_labels, masks)
+        thresholds = self.cam_thresholds if self.has_background else None
+        self.val_cam_confusion.update(cam_label_maps(outputs["cam"], image_labels, thresholds), masks)
 
     def on_validation_epoch_end(self) -> None:
         cam_ious = [iou_from_confusion(c) for c in self.val_cam_confusion.compute()]
@@ -194,11 +194,11 @@ class ASDTModule(L.LightningModule):
         self.val_confusion.reset()
         self.val_cam_confusion.reset()
         miou = {b: float(torch.nanmean(per_class[b])) for b in BRANCHES}
-        label_names = (["background"] if self.has_background else []) + self.class_names
+        names = label_names(self.class_names, self.has_background)
         self.val_results = {
             "miou": miou,
             "cam_threshold": self.cam_thresholds[best],
-            "per_class_iou": {b: dict(zip(label_names, v.tolist(), strict=True)) for b, v in per_class.items()},
+            "per_class_iou": {b: dict(zip(names, v.tolist(), strict=True)) for b, v in per_class.items()},
         }
         self.log_dict({f"val/miou_{b}": v for b, v in miou.items()}, prog_bar=False)
         self.log("val/cam_threshold", self.cam_thresholds[best])

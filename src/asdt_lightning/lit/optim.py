@@ -36,6 +36,26 @@ class OptimizerParams:
             raise ValueError(f"name must be 'sgd' or 'adamw', got {self.name!r}")
 
 
+@dataclass(frozen=True)
+class SegmenterOptimizerParams:
+    """The second stage's optimiser: the heads' learning rate is ``head_lr_mult`` times the backbone's.
+
+    Defaults: the command line's (``conf/segment.yaml``: AdamW from scratch); ImageNet-initialised VOC runs use SGD
+    with lr 2.5e-4 and ``head_lr_mult`` 10.
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    head_lr_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"name must be 'sgd' or 'adamw', got {self.name!r}")
+
+
 def parameter_groups(
     parameters: Iterable[nn.Parameter], head_parameters: Iterable[nn.Parameter], params: OptimizerParams
 ) -> list[dict[str, Any]]:

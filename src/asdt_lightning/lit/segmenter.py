@@ -8,13 +8,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..constants import IGNORE_INDEX
-from ..errors import ASDTUserError
-from ..metrics import iou_from_confusion
+from ..metrics import ConfusionMatrix, iou_from_confusion, label_names
 from ..models.deeplab import build_segmenter
-from .optim import build_optimizer, fused_allowed, poly_schedule
+from ..params import params_from
+from .optim import SegmenterOptimizerParams, build_optimizer, fused_allowed, poly_schedule
 
 
 class SegmenterModule(L.LightningModule):
@@ -22,8 +21,7 @@ class SegmenterModule(L.LightningModule):
 
     All arguments are plain values (saved as hyper-parameters, so a checkpoint rebuilds the model).
     ``segmenter``: keyword arguments of ``build_segmenter`` (arch, backbone, output_stride, rates, pretrained,
-    weights, frozen_bn, frozen_stem). ``optimizer``: name (sgd | adamw), lr, momentum, weight_decay,
-    poly_power, head_lr_mult.
+    weights, frozen_bn, frozen_stem). ``optimizer``: overrides of ``SegmenterOptimizerParams``.
     """
 
     def __init__(
@@ -41,14 +39,8 @@ class SegmenterModule(L.LightningModule):
         self.has_background = has_background
         self.num_labels = len(self.class_names) + int(has_background)
         self.net = build_segmenter(num_labels=self.num_labels, **segmenter)
-        defaults = {"name": "sgd", "lr": 2.5e-4, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9}
-        self.optim = {**defaults, "head_lr_mult": 10.0, **(optimizer or {})}
-        unknown = sorted(set(self.optim) - {*defaults, "head_lr_mult"})
-        if unknown:
-            raise ASDTUserError(f"unknown segmenter optimizer option(s) {unknown}")
-        if self.optim["name"] not in ("sgd", "adamw"):
-            raise ASDTUserError(f"optimizer.name must be 'sgd' or 'adamw', got {self.optim['name']!r}")
-        self.val_confusion = MulticlassConfusionMatrix(self.num_labels, ignore_index=IGNORE_INDEX)
+        self.optim = params_from(SegmenterOptimizerParams, optimizer, "optimizer")
+        self.val_confusion = ConfusionMatrix(self.num_labels, IGNORE_INDEX)
         self.val_results: dict[str, Any] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -77,7 +69,7 @@ class SegmenterModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         iou = iou_from_confusion(self.val_confusion.compute())
         self.val_confusion.reset()
-        names = (["background"] if self.has_background else []) + self.class_names
+        names = label_names(self.class_names, self.has_background)
         miou = float(torch.nanmean(iou))
         self.val_results = {"miou": miou, "per_class_iou": dict(zip(names, iou.tolist(), strict=True))}
         self.log("val/miou", miou, prog_bar=True)
@@ -87,10 +79,10 @@ class SegmenterModule(L.LightningModule):
         head_ids = {id(p) for m in self.net.head_modules() for p in m.parameters()}
         params = [p for p in self.net.parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if id(p) not in head_ids], "lr": o["lr"]},
-            {"params": [p for p in params if id(p) in head_ids], "lr": o["lr"] * o["head_lr_mult"]},
+            {"params": [p for p in params if id(p) not in head_ids], "lr": o.lr},
+            {"params": [p for p in params if id(p) in head_ids], "lr": o.lr * o.head_lr_mult},
         ]
         groups = [g for g in groups if g["params"]]
         fused = fused_allowed(self.trainer)
-        optimizer = build_optimizer(o["name"], groups, o["lr"], o["momentum"], o["weight_decay"], allow_fused=fused)
-        return poly_schedule(optimizer, self.trainer, o["poly_power"])
+        optimizer = build_optimizer(o.name, groups, o.lr, o.momentum, o.weight_decay, allow_fused=fused)
+        return poly_schedule(optimizer, self.trainer, o.poly_power)

@@ -7,6 +7,7 @@ time them without reaching into this module.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -70,7 +71,7 @@ class TeacherBParams:
     """How the refinement branch's output becomes the student's target: the inference CRF of R's softmax."""
 
     confidence: float = 0.0
-    crf: CRFParams = field(default_factory=lambda: INFERENCE_CRF)
+    crf: CRFParams = field(default_factory=lambda: dataclasses.replace(INFERENCE_CRF, connectivity="full"))
 
 
 @dataclass(frozen=True)

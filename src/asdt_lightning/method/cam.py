@@ -13,19 +13,25 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..constants import IGNORE_INDEX
+from ..constants import IGNORE_INDEX  # also importable from here, as before
 from .crf import CRFParams, crf_kernel, mean_field
+
+CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # background scores the CAM is scored at
 
 
 @dataclass(frozen=True)
 class TeacherAParams:
-    """How teacher A turns CAMs into reliable pseudo labels (defaults: the released code's settings)."""
+    """How teacher A turns CAMs into reliable pseudo labels.
+
+    Defaults: the command line's (``conf/model/asdt.yaml``); ``experiment=voc_paper`` sets the released code's
+    ``alpha_high`` 32 and ``bg_score_threshold`` 0.8, which leave no background labels near the objects of a
+    network trained from scratch."""
 
     alpha_low: float = 4.0  # background power of the conservative CRF (foreground labels come from it)
-    alpha_high: float = 32.0  # background power of the generous CRF (background labels come from it)
+    alpha_high: float = 8.0  # background power of the generous CRF (background labels come from it); released: 32
     fg_percentile: float = 0.6  # keep a foreground pixel only if its CAM is above this quantile ...
     fg_min_cam: float = 0.1  # ... of its class's CAM values above this floor
-    bg_score_threshold: float = 0.8  # keep a background pixel only if (1 - max_fg) ** alpha_high > this
+    bg_score_threshold: float = 0.0  # keep a background pixel only if (1 - max_fg) ** alpha_high > this; released: 0.8
     crf_confidence: float = 0.8  # and only where the CRF's probability of the label is at least this
     crf: CRFParams = field(default_factory=CRFParams)
 
@@ -80,37 +86,29 @@ def allowed_labels(image_labels: torch.Tensor, has_background: bool) -> torch.Te
     return torch.cat([torch.ones_like(present[:, :1]), present], 1)
 
 
-def cam_segmentation(norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_threshold: float | None) -> torch.Tensor:
-    """CAM baseline segmentation: argmax over the image's classes, background where no CAM beats the threshold.
+def cam_label_maps(
+    norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_thresholds: Sequence[float] | None
+) -> torch.Tensor:
+    """The CAM baseline's label maps at every background threshold: argmax over the image's classes, background
+    where no class's CAM is above the threshold (background wins ties; among classes the first wins).
 
     Args:
-        norm_cams: (B, C, h, w) normalised CAMs; image_labels: (B, C).
-        bg_threshold: constant background score, or ``None`` for datasets without background.
+        norm_cams: (B, C, h, w) normalised CAMs; image_labels: (B, C) multi-hot.
+        bg_thresholds: T constant background scores, or ``None`` for datasets without background (T = 1: the
+            argmax over the image's classes).
     Returns:
-        (B, h, w) long labels.
+        (T, B, h, w) labels, uint8 (long when a label could exceed 254); one argmax for all thresholds.
     """
     present = (image_labels > 0)[:, :, None, None]
     scores = norm_cams.masked_fill(~present, -1.0)
-    if bg_threshold is None:
-        return scores.argmax(1)
-    bg = torch.full_like(scores[:, :1], bg_threshold)
-    return torch.cat([bg, scores], 1).argmax(1)
-
-
-def cam_segmentation_sweep(
-    norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_thresholds: Sequence[float]
-) -> torch.Tensor:
-    """``cam_segmentation`` at every background threshold at once: (T, B, h, w) uint8 labels (K <= 255).
-
-    Equal to stacking ``cam_segmentation(norm_cams, image_labels, t)`` over ``bg_thresholds`` (background wins
-    ties), with one argmax instead of T.
-    """
-    present = (image_labels > 0)[:, :, None, None]
-    scores = norm_cams.masked_fill(~present, -1.0)
-    top, winner = scores.max(1, keepdim=True)[0], scores.argmax(1, keepdim=True)
+    winner = scores.argmax(1)  # (B, h, w)
+    dtype = torch.uint8 if scores.shape[1] < 255 else torch.long  # labels <= C stay below 255 (ignore)
+    if bg_thresholds is None:
+        return winner.to(dtype)[None]
+    top = scores.max(1)[0]
     thresholds = torch.tensor(list(bg_thresholds), dtype=top.dtype, device=top.device).view(-1, 1, 1, 1)
-    foreground = top[:, 0][None] > thresholds  # (T, B, h, w)
-    return torch.where(foreground, (winner[:, 0] + 1).to(torch.uint8)[None], torch.zeros((), dtype=torch.uint8))
+    foreground = top[None] > thresholds  # (T, B, h, w)
+    return torch.where(foreground, (winner + 1).to(dtype)[None], torch.zeros((), dtype=dtype, device=top.device))
 
 
 def _class_cam_thresholds(norm_cams: torch.Tensor, percentile: float, min_cam: float) -> torch.Tensor:

@@ -54,8 +54,10 @@ def check_connectivity(connectivity: str) -> None:
         raise ValueError(f"unknown CRF connectivity {connectivity!r}; use one of {', '.join(CONNECTIVITIES)}")
 
 
-INFERENCE_CRF = CRFParams(bilateral_sxy=83.0, bilateral_srgb=5.0, bilateral_compat=4.0)
-"""The released code's test-time dense CRF, also teacher B's CRF: sharper colour (5), weaker compat (4)."""
+INFERENCE_CRF = CRFParams(bilateral_sxy=83.0, bilateral_srgb=5.0, bilateral_compat=4.0, connectivity="local")
+"""The released code's test-time dense CRF: sharper colour (5), weaker compat (4) than teacher A's; local at the
+image's own resolution, where a fully connected kernel would not fit in memory. Teacher B uses it fully connected
+on the label grid."""
 
 
 def _neighbours(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ pseudo-mask export and evaluation alike, so both score exactly the same maps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,34 +21,16 @@ def cam_probabilities(norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_th
     """Normalised CAMs as a per-pixel distribution over labels: (B, C, H, W) -> (B, K, H, W).
 
     Background (when ``bg_threshold`` is not None) scores the constant threshold, each present class its CAM,
-    absent classes 0; scores are divided by their sum, so the argmax is the CAM baseline's segmentation
-    (``cam_segmentation``) and a CRF can refine it.
+    absent classes 0 (negative CAMs too); scores are divided by their sum, so a CRF can refine them. Their argmax
+    is the CAM baseline's label map (``method.cam.cam_label_maps``, which scores CAMs) except where the division
+    rounds two scores to a tie, where no present class has a positive CAM (no background), or below a threshold
+    of 1e-6.
     """
-    return cam_distribution(cam_foreground(norm_cams, image_labels), bg_threshold)
-
-
-def cam_foreground(norm_cams: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) CAM scores of the present classes (negative CAMs 0), absent classes 0."""
     present = (image_labels > 0)[:, :, None, None].to(norm_cams.dtype)
-    return norm_cams.clamp_min(0) * present
-
-
-def cam_distribution(foreground: torch.Tensor, bg_threshold: float | None) -> torch.Tensor:
-    """``cam_foreground`` scores plus the constant background score (if any), divided by their per-pixel sum."""
-    scores = foreground
+    scores = norm_cams.clamp_min(0) * present
     if bg_threshold is not None:
         scores = torch.cat([torch.full_like(scores[:, :1], max(bg_threshold, 1e-6)), scores], 1)
     return scores / scores.sum(1, keepdim=True).clamp_min(1e-6)
-
-
-def cam_labels_per_threshold(
-    norm_cams: torch.Tensor, image_labels: torch.Tensor, thresholds: Sequence[float]
-) -> Iterator[torch.Tensor]:
-    """``cam_probabilities(norm_cams, image_labels, t).argmax(1)`` for each background score ``t`` in turn,
-    (B, H, W) long each; the foreground scores are computed once for all thresholds."""
-    foreground = cam_foreground(norm_cams, image_labels)
-    for threshold in thresholds:
-        yield cam_distribution(foreground, threshold).argmax(1)
 
 
 def fuse_branches(refine: torch.Tensor, student: torch.Tensor, fusion: str = "max") -> torch.Tensor:
