@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,7 +48,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def compose_config(overrides: Sequence[str]) -> dict[str, Any]:
-    """The package's training config (``conf/train.yaml`` + overrides), as plain dicts for ``build_module``.
+    """The package's training config (``conf/train.yaml`` + overrides), as plain dicts for ``build_module`` (and the
+    trainer settings).
 
     Only the sections a module needs are resolved (the Hydra runtime keys are not available outside a run).
     """
@@ -54,7 +58,8 @@ def compose_config(overrides: Sequence[str]) -> dict[str, Any]:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides))
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "backbone", "dataset", "pwm")}
+    sections = ("model", "backbone", "dataset", "pwm", "trainer")
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in sections}
 
 
 def synchronize(device: torch.device) -> None:
@@ -104,3 +109,23 @@ def shown_args(argv: list[str]) -> str:
         else:
             shown.append(a)
     return " ".join(shown)
+
+
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None, module: str) -> argparse.Namespace:
+    """``parser``'s arguments of ``argv`` (default: the command line's), with ``command``: how the benchmark ran,
+    ``python -m benchmarks.<module> ...`` without the output paths, for its results to show."""
+    args = parser.parse_args(argv)
+    args.command = f"python -m benchmarks.{module} " + shown_args(sys.argv[1:] if argv is None else list(argv))
+    return args
+
+
+def emit(args: argparse.Namespace, text: str, raw: Any | Callable[[], Any] = None) -> None:
+    """Write a benchmark's markdown section to ``args.md`` and its raw results (``raw``, or ``raw()``) as JSON to
+    ``args.json`` where those options are given, then print the section."""
+    if getattr(args, "json", None):
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(raw() if callable(raw) else raw, indent=1) + "\n")
+    if getattr(args, "md", None):
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(text)
+    print(text)

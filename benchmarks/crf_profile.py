@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from asdt_lightning.method.crf import CRFParams, crf_kernel, kernel_buffer, mean_field, mean_field_crf, message_passing
-from benchmarks._common import machine_info, md_table, median, shown_args, timed
+from benchmarks._common import emit, machine_info, md_table, median, parse_cli, timed
 
 METHODS = ("unfold", "shift")
 
@@ -172,16 +170,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv, "crf_profile")
     args.shape = args.shape or ["8x7x32", "4x7x24"]
-    args.command = "python -m benchmarks.crf_profile " + shown_args(sys.argv[1:] if argv is None else argv)
     result = run(args)
-    text = markdown(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    if args.md:
-        args.md.write_text(text)
-    print(text)
+    emit(args, markdown(result), result)
     return result
 
 

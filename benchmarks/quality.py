@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from benchmarks._common import machine_info, md_table
+from benchmarks._common import emit, machine_info, md_table, parse_cli
 
 UPPER = "fully supervised (upper bound)"
 # name -> Hydra overrides
@@ -159,15 +159,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--title", default="Quality on the synthetic set", help="the markdown section's title")
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    args.command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
+    args = parse_cli(p, argv, "quality")
     records = run_all(args)
-    text = markdown(records, args)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine_info(), "runs": records}, indent=1) + "\n")
-    if args.md:
-        args.md.write_text(text)
-    print(text)
+    emit(args, markdown(records, args), lambda: {"machine": machine_info(), "runs": records})
     return records
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from asdt_lightning.data.registry import build_datamodule
 from asdt_lightning.lit.inference import load_model
 from asdt_lightning.method import cam as cam_method
 from asdt_lightning.method.cam import TeacherAParams, normalize_cams, reliable_cam_labels
-from benchmarks._common import machine_info, md_table, shown_args
+from benchmarks._common import emit, machine_info, md_table, parse_cli
 
 KERNEL_BYTES_PER_CALL = 2 * 2**30  # fully connected kernels labelled at once, at most
 NEAR_OBJECT_PX = 8.0  # background within this many image pixels of an object counts as "near objects"
@@ -220,13 +219,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--no-dense", action="store_true", help="skip the exact dense CRF even if pydensecrf2 is here")
     p.add_argument("--md", type=Path, default=None)
-    args = p.parse_args(argv)
-    args.command = "python -m benchmarks.teacher_labels " + shown_args(sys.argv[1:] if argv is None else argv)
+    args = parse_cli(p, argv, "teacher_labels")
     result = run(args)
-    text = markdown(result)
-    if args.md:
-        args.md.write_text(text)
-    print(text)
+    emit(args, markdown(result))
     return result
 
 

@@ -2,10 +2,10 @@
 
 Every variant runs the package's own code: ``ASDTModule.training_step`` (network, multi-scale CAMs, teacher A's
 reliable labels with two CRFs, teacher B's CRF labels on B-steps, balanced CE, pairwise losses, classification
-loss), then ``backward`` and the optimiser step built from ``ASDTModule.parameter_groups``. Variants:
+loss), then ``backward`` and the step of the optimiser ``ASDTModule.configure_optimizers`` builds. Variants:
 
 - ``lower bound``: backbone + CAM head + classification loss (``net.backbone``, ``net.cam_head``,
-  ``classification_loss``), optimiser over those parameters only;
+  ``classification_loss``); only their parameters get gradients, the optimiser step skips the others;
 - ``ASDT``: the module as configured (multi-scale training CAMs); ``ASDT 1-scale``: ``cam_scales=[1.0]``;
 - ``two-model``: the same ``training_step`` with the network swapped for a separate classifier (backbone + CAM
   head: CAMs, class logits, extra CAM scales) and a separate refinement network with its own backbone (R and S
@@ -13,9 +13,11 @@ loss), then ``backward`` and the optimiser step built from ``ASDTModule.paramete
 
 Variants are timed side by side in one process, interleaved (the order rotates every repeat), median of
 ``--repeats`` after ``--warmup`` rounds; ratios are paired per repeat. A second, instrumented pass times each part
-(explicit sections with device synchronisation, by wrapping the functions ``training_step`` calls and hooking the
-network's modules). Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the PyTorch profiler's memory
-timeline on CPU.
+under the PyTorch profiler: the package's profiler sections (``record_function("asdt: ...")``: extra CAM scales,
+resizing, teacher A's and B's labels with their CRFs, pairwise kernel, losses), ranges around the forwards of the
+network's parts (forward hooks), and each backward op counted towards the part whose forward made it; nothing
+reaches into the package's modules, so code moves do not break it. Peak memory: ``torch.cuda.max_memory_allocated``
+on a GPU, the PyTorch profiler's memory timeline on CPU.
 
     python -m benchmarks.train_step                       # ResNet-18 on CPU, default config, several sizes
     python -m benchmarks.train_step --preset cpu-bf16     # the same at bf16 autocast (AMX / AVX512-BF16 CPUs)
@@ -26,25 +28,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
-from asdt_lightning.lit.optim import build_optimizer
 from benchmarks._common import (
     compose_config,
+    emit,
     machine_info,
     md_table,
     median,
+    parse_cli,
     quiet_lightning,
-    shown_args,
     synchronize,
 )
 
@@ -125,15 +127,26 @@ class TwoModelNet(nn.Module):
         return self.classifier.forward_cams(images)
 
 
-def make_optimizer(module: Any, keep: Callable[[nn.Parameter], bool] | None = None) -> torch.optim.Optimizer:
-    """The optimiser of ``ASDTModule.configure_optimizers`` (same groups and settings) without a Trainer."""
-    groups = []
-    for g in module.parameter_groups():
-        params = [p for p in g["params"] if keep is None or keep(p)]
-        if params:
-            groups.append({**g, "params": params})
-    o = module.optim
-    return build_optimizer(o.name, groups, o.lr, o.momentum)
+def make_optimizer(module: Any, setting: Setting) -> torch.optim.Optimizer:
+    """The optimiser of ``module.configure_optimizers`` (its groups, settings and fused kernels), under a Trainer of
+    the config's that is attached for that call only: the benchmark steps the module without one."""
+    import lightning as L
+
+    trainer_cfg = setting.cfg["trainer"]
+    module.trainer = L.Trainer(
+        accelerator="gpu" if setting.device.type == "cuda" else "cpu",
+        devices=1,
+        max_steps=max(int(trainer_cfg["max_steps"]), 1),
+        gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    try:
+        return module.configure_optimizers()["optimizer"]
+    finally:
+        module.trainer = None
 
 
 @dataclass
@@ -159,15 +172,17 @@ class Variant:
     optimizer: torch.optim.Optimizer
     lower_bound: bool = False
     sources: tuple[int, ...] = (0, 1)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def loss(self, batch: dict[str, torch.Tensor], source: int) -> torch.Tensor:
+        """The forward of one step: labels and losses for the student's teacher ``source``."""
+        if self.lower_bound:
+            return lower_bound_loss(self.module, batch)
+        self.module.set_teacher(0, source)  # no Trainer: global_step is 0
+        return self.module.training_step(batch, 0)
 
     def run(self, batch: dict[str, torch.Tensor], source: int, setting: Setting) -> None:
         with setting.autocast():
-            if self.lower_bound:
-                loss = lower_bound_loss(self.module, batch)
-            else:
-                self.module.set_teacher(0, source)  # no Trainer: global_step is 0
-                loss = self.module.training_step(batch, 0)
+            loss = self.loss(batch, source)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -193,7 +208,6 @@ def build_variants(setting: Setting, class_names: list[str]) -> list[Variant]:
         return m.to(memory_format=torch.channels_last) if setting.channels_last else m
 
     lower = module([1.0])
-    keep_ids = {id(p) for p in [*lower.net.backbone.parameters(), *lower.net.cam_head.parameters()]}
     asdt, asdt_1 = module(), module([1.0])
     two = module()
     two.net = TwoModelNet(two.net, module().net)
@@ -203,10 +217,10 @@ def build_variants(setting: Setting, class_names: list[str]) -> list[Variant]:
         two.net.classifier.backbone = torch.compile(two.net.classifier.backbone)
         two.net.refiner.backbone = torch.compile(two.net.refiner.backbone)
     return [
-        Variant(LOWER, lower, make_optimizer(lower, lambda p: id(p) in keep_ids), lower_bound=True, sources=(0,)),
-        Variant(ASDT, asdt, make_optimizer(asdt)),
-        Variant(ASDT_1, asdt_1, make_optimizer(asdt_1)),
-        Variant(TWO, two, make_optimizer(two)),
+        Variant(LOWER, lower, make_optimizer(lower, setting), lower_bound=True, sources=(0,)),
+        Variant(ASDT, asdt, make_optimizer(asdt, setting)),
+        Variant(ASDT_1, asdt_1, make_optimizer(asdt_1, setting)),
+        Variant(TWO, two, make_optimizer(two, setting)),
     ]
 
 
@@ -279,166 +293,143 @@ def peak_memory(variant: Variant, batch: dict, source: int, setting: Setting) ->
 
 
 # ---------------------------------------------------------------------------------------------- breakdown
-class Sections:
-    """Exclusive seconds per named section; sections nest (a child's time is not its parent's)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.stack: list[list[Any]] = []  # [name, start, child seconds]
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def begin(self, name: str) -> None:
-        synchronize(self.device)
-        self.stack.append([name, time.perf_counter(), 0.0])
-
-    def end(self, name: str) -> None:
-        synchronize(self.device)
-        top, start, child = self.stack.pop()
-        assert top == name, f"section {name!r} ended inside {top!r}"
-        elapsed = time.perf_counter() - start
-        self.seconds[name] += elapsed - child
-        if self.stack:
-            self.stack[-1][2] += elapsed
-
-    @contextlib.contextmanager
-    def section(self, name: str) -> Iterator[None]:
-        self.begin(name)
-        try:
-            yield
-        finally:
-            self.end(name)
-
-    def parent(self) -> str | None:
-        return self.stack[-1][0] if self.stack else None
+PACKAGE_SECTION = "asdt: "  # the package's profiler sections (``torch.profiler.record_function``) start so
+BENCH = "bench: "  # this benchmark's own ranges
+STEP_OTHER = "training_step other (glue, logging)"
+BACKWARD_OTHER = "backward: other (gradient accumulation, autograd engine)"
+OPTIMIZER = "optimizer step"
+UNRANGED = "outside every range"
+IDLE = "device idle (launch gaps, host work)"
+RANGE_PARTS = {f"{BENCH}backward": BACKWARD_OTHER}  # a range's part where it is not the name after "bench: "
+NET_PARTS = {  # attribute of the network -> part (their forwards with gradient)
+    "backbone": "backbone fwd",
+    "cam_head": "CAM head fwd",
+    "refine_head": "R + S heads fwd",
+    "student_head": "R + S heads fwd",
+}
+BACKWARD_OF = {
+    "backbone fwd": "backward: backbone",
+    "CAM head fwd": "backward: heads",
+    "R + S heads fwd": "backward: heads",
+}
+BACKWARD_LOSSES = "backward: losses"  # the backward of every other forward op (losses, resizing, glue)
+TEACHER_SECTIONS = (f"{PACKAGE_SECTION}teacher A labels", f"{PACKAGE_SECTION}teacher B labels")
+LABELS = "teacher labels (incl. CRFs)"  # not a part: the teacher sections' time, whatever is nested in them
+SPECIAL = ("total", LABELS)
+EVALUATE = "autograd::engine::evaluate_function: "  # the profiler's event of one autograd node's backward
 
 
 @contextlib.contextmanager
-def instrumented(variant: Variant, sections: Sections) -> Iterator[Callable[[], None]]:
-    """Wrap the functions ``training_step`` calls and hook the network's modules to time each part."""
-    import asdt_lightning.lit.module as lit_module
-    import asdt_lightning.method.cam as cam
+def network_ranges(net: nn.Module) -> Iterator[None]:
+    """Profiler ranges ``bench: <part>`` around the forwards with gradient of the network's parts (``NET_PARTS``);
+    the no-grad forwards of the extra CAM scales stay in the package's section."""
+    handles = []
+    for attr, part in NET_PARTS.items():
+        module = getattr(net, attr, None)
+        if module is None:
+            continue
+        ranges: list[Any] = []
 
-    patches: list[tuple[Any, str, Any]] = []
-    handles: list[Any] = []
-    crf_calls: dict[str, int] = defaultdict(int)
+        def pre(_m: nn.Module, _inputs: Any, part: str = part, ranges: list[Any] = ranges) -> None:
+            ranges.append(record_function(BENCH + part).__enter__() if torch.is_grad_enabled() else None)
 
-    def patch(owner: Any, attr: str, name: str | Callable[..., str]) -> None:
-        original = getattr(owner, attr)
+        def post(_m: nn.Module, _inputs: Any, _out: Any, ranges: list[Any] = ranges) -> None:
+            opened = ranges.pop()
+            if opened is not None:
+                opened.__exit__(None, None, None)
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with sections.section(name(*args, **kwargs) if callable(name) else name):
-                return original(*args, **kwargs)
-
-        patches.append((owner, attr, original))
-        setattr(owner, attr, wrapper)
-
-    def kernel_name(*args: Any, **kwargs: Any) -> str:
-        return "CRF A kernel (both alphas)" if args[1] is variant.module.teacher_a.crf else "CRF B kernel"
-
-    def crf_name(*args: Any, **kwargs: Any) -> str:
-        parent = sections.parent() or ""
-        if parent.startswith("teacher A"):
-            crf_calls[parent] += 1
-            return ["CRF A (alpha low)", "CRF A (alpha high)"][min(crf_calls[parent] - 1, 1)]
-        return "CRF B"
-
-    patch(lit_module, "reliable_cam_labels", "teacher A labels (excl. CRFs)")
-    patch(lit_module, "refinement_teacher_labels", "teacher B labels (excl. CRF)")
-    patch(lit_module, "normalize_cams", "normalise CAMs")
-    patch(lit_module, "crf_kernel", kernel_name)
-    patch(cam, "mean_field", crf_name)
-    patch(lit_module, "mean_field", "CRF B")  # soft distillation's
-    patch(lit_module, "pairwise_kernel", "loss: pairwise kernel")
-    patch(lit_module, "balanced_cross_entropy", "loss: balanced CE")
-    patch(lit_module, "soft_distillation", "loss: soft distillation")
-    patch(lit_module, "pairwise_loss", "loss: pairwise")
-    patch(lit_module, "classification_loss", "loss: classification")
-    module = variant.module
-    patch(module, "training_cams", "extra CAM scales (no-grad fwd)")
-    patch(module, "rgb_at", "resize RGB / valid")
-    patch(module, "valid_at", "resize RGB / valid")
-
-    net = module.net
-    parts = [("backbone fwd", net.backbone), ("CAM head fwd", net.cam_head)]
-    if hasattr(net, "refine_head"):
-        parts += [("R + S heads fwd", net.refine_head), ("R + S heads fwd", net.student_head)]
-    for label, part in parts:
-
-        def pre(_m: nn.Module, _inputs: Any, label: str = label) -> None:
-            if torch.is_grad_enabled():  # the no-grad extra scales belong to "extra CAM scales"
-                sections.begin(label)
-
-        def post(_m: nn.Module, _inputs: Any, _out: Any, label: str = label) -> None:
-            if torch.is_grad_enabled():
-                sections.end(label)
-
-        handles += [part.register_forward_pre_hook(pre), part.register_forward_hook(post)]
-
-    first_head_grad = [False]
-
-    def head_grad(*_args: Any) -> None:
-        if not first_head_grad[0] and sections.parent() == "backward: losses":
-            first_head_grad[0] = True
-            sections.end("backward: losses")
-            sections.begin("backward: heads")
-
-    def backbone_grad(*_args: Any) -> None:
-        if sections.parent() in ("backward: heads", "backward: losses"):
-            sections.end(sections.parent())
-            sections.begin("backward: backbone")
-
-    heads = [net.cam_head] + ([net.refine_head, net.student_head] if hasattr(net, "refine_head") else [])
-    handles += [h.register_full_backward_pre_hook(head_grad) for h in heads]
-    handles.append(net.backbone.register_full_backward_pre_hook(backbone_grad))
-
-    def reset() -> None:
-        crf_calls.clear()
-        first_head_grad[0] = False
-
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     try:
-        yield reset
+        yield
     finally:
-        for owner, attr, original in reversed(patches):
-            if owner is module:
-                delattr(owner, attr)  # drop the instance attribute, back to the class's method
-            else:
-                setattr(owner, attr, original)
         for h in handles:
             h.remove()
 
 
+def range_part(name: str) -> str | None:
+    """The part a profiler range stands for: a package section (by its name) or one of this benchmark's."""
+    if name.startswith(PACKAGE_SECTION):
+        return name
+    if name.startswith(BENCH):
+        return RANGE_PARTS.get(name, name[len(BENCH) :])
+    return None
+
+
+def profiled_parts(events: list[Any], device_time: bool) -> dict[str, float]:
+    """Exclusive seconds per part of one profiled step, and ``LABELS``.
+
+    A part is a profiler range (the package's sections, this benchmark's), nested ranges excluded, or the backward
+    of one: the profiler's event of each autograd node's backward is linked (thread, sequence number) to the
+    forward op that made the node, and counts towards ``BACKWARD_OF`` that op's part. ``device_time``: kernel
+    time (a GPU's), else the ranges' wall time.
+    """
+    from torch.autograd import DeviceType
+
+    events = [e for e in events if e.device_type == DeviceType.CPU]
+    part = {id(e): p for e in events if (p := range_part(e.name)) is not None}
+    nodes = {id(e) for e in events if e.name.startswith(EVALUATE)} | set(part)
+
+    def around(e: Any) -> tuple[Any, bool]:
+        """The nearest range or backward node around ``e`` (None: none), and whether a teacher section is."""
+        node, parent, in_labels = None, e.cpu_parent, False
+        while parent is not None:
+            if node is None and id(parent) in nodes:
+                node = parent
+            in_labels = in_labels or parent.name in TEACHER_SECTIONS
+            parent = parent.cpu_parent
+        return node, in_labels
+
+    enclosing = {id(e): around(e) for e in events}
+    forward: dict[tuple[int, int], str] = {}  # (thread, sequence number) of a forward op -> its part
+    for e in events:
+        node = enclosing[id(e)][0]
+        if e.sequence_nr >= 0 and not e.fwd_thread and node is not None and id(node) in part:
+            forward.setdefault((e.thread, e.sequence_nr), part[id(node)])
+    for e in events:
+        if e.name.startswith(EVALUATE):
+            made_by = forward.get((e.fwd_thread, e.sequence_nr))
+            part[id(e)] = BACKWARD_OTHER if made_by is None else BACKWARD_OF.get(made_by, BACKWARD_LOSSES)
+    seconds: dict[str, float] = defaultdict(float)
+    labels = 0.0
+    for e in events:
+        node, in_labels = enclosing[id(e)]
+        if device_time:
+            spent = sum(k.duration for k in e.kernels) / 1e6
+            owner = e if id(e) in nodes else node
+            seconds[part[id(owner)] if owner is not None else UNRANGED] += spent
+            labels += spent if in_labels or e.name in TEACHER_SECTIONS else 0.0
+        elif id(e) in nodes:
+            spent = e.time_range.elapsed_us() / 1e6
+            seconds[part[id(e)]] += spent
+            if node is not None:
+                seconds[part[id(node)]] -= spent
+            labels += spent if e.name in TEACHER_SECTIONS and not in_labels else 0.0
+    return {**{p: s for p, s in seconds.items() if s > 0}, LABELS: labels}
+
+
 def instrumented_step(variant: Variant, batch: dict, source: int, setting: Setting) -> dict[str, float]:
-    """One step of ``variant`` with every part timed; returns exclusive seconds per part (and ``total``)."""
-    sections = Sections(setting.device)
-    with instrumented(variant, sections) as reset:
-        reset()
+    """One step of ``variant`` under the profiler; returns exclusive seconds per part, ``LABELS`` and ``total``
+    (the step's wall time; on a GPU the time no part's kernels ran is ``IDLE``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = setting.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with network_ranges(variant.module.net), profile(activities=activities) as prof:
         synchronize(setting.device)
         start = time.perf_counter()
-        with setting.autocast(), sections.section("training_step other (glue, logging)"):
-            if variant.lower_bound:
-                loss = lower_bound_loss(variant.module, batch)
-            else:
-                variant.module.set_teacher(0, source)
-                loss = variant.module.training_step(batch, 0)
-        sections.begin("backward: losses")
-        loss.backward()
-        sections.end(sections.parent())  # whichever backward part ran last
-        with sections.section("optimizer step"):
+        with setting.autocast(), record_function(BENCH + STEP_OTHER):
+            loss = variant.loss(batch, source)
+        with record_function(f"{BENCH}backward"):
+            loss.backward()
+        with record_function(BENCH + OPTIMIZER):
             variant.optimizer.step()
             variant.optimizer.zero_grad(set_to_none=True)
         synchronize(setting.device)
         total = time.perf_counter() - start
-    return {**sections.seconds, "total": total}
-
-
-LABEL_PARTS = (
-    "normalise CAMs",
-    "teacher A labels (excl. CRFs)",
-    "CRF A kernel (both alphas)",
-    "CRF A (alpha low)",
-    "CRF A (alpha high)",
-)
-LABEL_PARTS_B = ("teacher B labels (excl. CRF)", "CRF B kernel", "CRF B")
+    parts = profiled_parts(list(prof.events()), device_time=on_gpu)
+    if on_gpu:
+        parts[IDLE] = max(0.0, total - sum(s for p, s in parts.items() if p not in SPECIAL))
+    return {**parts, "total": total}
 
 
 def breakdown(kinds: list[tuple[str, Variant, int]], batch: dict, setting: Setting, repeats: int) -> dict:
@@ -599,7 +590,7 @@ def _ms_range(t: list[float]) -> str:
 
 def _breakdown_md(bd: dict[str, dict[str, float]]) -> str:
     labels = list(bd)
-    parts = sorted({n for v in bd.values() for n in v if n != "total"}, key=_part_order)
+    parts = sorted({n for v in bd.values() for n in v if n not in SPECIAL}, key=_part_order)
     rows = []
     for part in parts:
         rows.append([part] + [_cell(bd[label].get(part), bd[label]["total"]) for label in labels])
@@ -607,7 +598,12 @@ def _breakdown_md(bd: dict[str, dict[str, float]]) -> str:
     rows.append(["**labels + CRFs share**"] + [f"{100 * label_share(bd[label]):.1f}%" for label in labels])
     return (
         "Where the step goes: exclusive ms per part (share of the instrumented step), median of the instrumented "
-        "repeats; each part ends with a device synchronisation.\n\n" + md_table(["part", *labels], rows)
+        "repeats, from the PyTorch profiler. `asdt: ...` rows are the package's profiler sections (the teachers' "
+        "labels include their CRFs), the network parts are ranges around their forwards with gradient (the no-grad "
+        "extra scales are in `asdt: extra CAM scales`), and each backward op counts towards the part whose forward "
+        "made it. On CPU: wall time per range; on a GPU: kernel time per range, the rest of the step being device "
+        "idle time. 'labels + CRFs share' = the teacher A and B sections, all they contain, over the step.\n\n"
+        + md_table(["part", *labels], rows)
     )
 
 
@@ -617,25 +613,25 @@ def _cell(seconds: float | None, total: float) -> str:
     return f"{1000 * seconds:.1f} ({100 * seconds / total:.0f}%)"
 
 
-ORDER = [
+ORDER = [  # the rows' order, by prefix (first match); other package sections after the known ones
     "backbone fwd",
     "CAM head fwd",
     "R + S heads fwd",
-    "extra CAM scales",
-    "resize",
-    "normalise",
-    "teacher A",
-    "CRF A kernel",
-    "CRF A (alpha low)",
-    "CRF A (alpha high)",
-    "teacher B",
-    "CRF B",
-    "loss",
+    f"{PACKAGE_SECTION}extra CAM scales",
+    f"{PACKAGE_SECTION}resize",
+    f"{PACKAGE_SECTION}teacher A",
+    f"{PACKAGE_SECTION}teacher B",
+    f"{PACKAGE_SECTION}pairwise kernel",
+    f"{PACKAGE_SECTION}losses",
+    PACKAGE_SECTION,
     "training_step other",
     "backward: losses",
     "backward: heads",
     "backward: backbone",
+    "backward: other",
     "optimizer",
+    UNRANGED,
+    IDLE,
 ]
 
 
@@ -644,8 +640,8 @@ def _part_order(name: str) -> int:
 
 
 def label_share(parts: dict[str, float]) -> float:
-    """Share of the step spent making teacher labels (CAM normalisation, reliable labels, teacher B, CRFs)."""
-    return sum(parts.get(n, 0.0) for n in LABEL_PARTS + LABEL_PARTS_B) / parts["total"]
+    """Share of the step spent making teacher labels (teacher A's and B's sections, their CRFs included)."""
+    return parts.get(LABELS, 0.0) / parts["total"]
 
 
 def _targets_md(result: dict[str, Any]) -> str:
@@ -690,24 +686,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], help="extra Hydra override of the training config")
     p.add_argument("--json", type=Path, default=None, help="write the raw results here")
     p.add_argument("--md", type=Path, default=None, help="write the markdown section here")
-    args = p.parse_args(argv)
-    return args
+    return parse_cli(p, argv, "train_step")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import sys
-
     args = parse_args(argv)
-    args.command = "python -m benchmarks.train_step " + shown_args(sys.argv[1:] if argv is None else argv)
     result = run(args)
-    text = markdown(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text)
-    print(text)
+    emit(args, markdown(result), result)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,10 +22,69 @@ def test_train_step_tiny_reports_every_variant_ratio_and_breakdown(tmp_path):
     }
     assert all(len(t) == 1 and t[0] > 0 for t in times.values())
     parts = result["sizes"]["2x32"]["breakdown"]["ASDT [B]"]
-    assert {"backbone fwd", "CRF A (alpha low)", "CRF A (alpha high)", "CRF B", "backward: backbone"} <= set(parts)
+    sections = {f"asdt: {s}" for s in ("extra CAM scales", "teacher A labels", "teacher B labels", "losses")}
+    assert {"backbone fwd", "R + S heads fwd", "backward: heads", "backward: backbone", *sections} <= set(parts)
+    assert "asdt: teacher B labels" not in result["sizes"]["2x32"]["breakdown"]["ASDT [A]"]
+    crfs = parts["asdt: CRF kernel"] + parts["asdt: CRF mean field"]  # nested in the teachers' sections only
+    labels = parts["asdt: teacher A labels"] + parts["asdt: teacher B labels"] + crfs
+    assert parts[train_step.LABELS] == pytest.approx(labels, rel=1e-6)
+    assert sum(v for k, v in parts.items() if k not in train_step.SPECIAL) == pytest.approx(parts["total"], rel=0.1)
     text = out.read_text()
     assert "ratio to lower bound" in text and "Targets (issue 6)" in text
     assert json.loads((tmp_path / "ts.json").read_text())["preset"] == "tiny"
+
+
+def _event(name, parent=None, kernel_us=0.0, seq=-1, fwd_thread=0, us=0.0):
+    from torch.autograd import DeviceType
+
+    return SimpleNamespace(
+        name=name, cpu_parent=parent, device_type=DeviceType.CPU, sequence_nr=seq, fwd_thread=fwd_thread, thread=1,
+        kernels=[SimpleNamespace(duration=kernel_us)] if kernel_us else [],
+        time_range=SimpleNamespace(elapsed_us=lambda: us),
+    )  # fmt: skip
+
+
+def test_breakdown_counts_kernels_to_the_nearest_range_and_backward_to_the_forward_part():
+    """The GPU path of the breakdown (kernel time), on hand-made profiler events."""
+    step = _event("bench: training_step other (glue, logging)")
+    backbone = _event("bench: backbone fwd", step)
+    conv = _event("aten::conv2d", backbone, kernel_us=300.0, seq=7)
+    teacher = _event("asdt: teacher A labels", step, kernel_us=0.0)
+    crf = _event("asdt: CRF mean field", teacher)  # a section nested in a teacher's
+    bmm = _event("aten::bmm", crf, kernel_us=50.0)
+    glue = _event("aten::add", step, kernel_us=10.0, seq=8)
+    grad = _event("autograd::engine::evaluate_function: ConvolutionBackward0", seq=7, fwd_thread=1)
+    grad_op = _event("aten::convolution_backward", grad, kernel_us=600.0)
+    add_grad = _event("autograd::engine::evaluate_function: AddBackward0", seq=8, fwd_thread=1)
+    accumulate = _event("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad")
+    copy = _event("aten::add_", accumulate, kernel_us=5.0)
+    events = [step, backbone, conv, teacher, crf, bmm, glue, grad, grad_op, add_grad, accumulate, copy]
+    parts = train_step.profiled_parts(events, device_time=True)
+    assert parts == pytest.approx(
+        {
+            "backbone fwd": 300e-6,
+            "asdt: CRF mean field": 50e-6,
+            "training_step other (glue, logging)": 10e-6,
+            "backward: backbone": 600e-6,
+            train_step.BACKWARD_OTHER: 5e-6,
+            train_step.LABELS: 50e-6,
+        }
+    )
+
+
+def test_breakdown_on_cpu_times_each_range_without_its_nested_ranges():
+    step = _event("bench: training_step other (glue, logging)", us=1000.0)
+    teacher = _event("asdt: teacher A labels", step, us=400.0)
+    crf = _event("asdt: CRF mean field", teacher, us=300.0)
+    parts = train_step.profiled_parts([step, teacher, crf, _event("aten::bmm", crf, us=250.0)], device_time=False)
+    assert parts == pytest.approx(
+        {
+            "training_step other (glue, logging)": 600e-6,
+            "asdt: teacher A labels": 100e-6,
+            "asdt: CRF mean field": 300e-6,
+            train_step.LABELS: 400e-6,
+        }
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")

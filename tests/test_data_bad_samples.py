@@ -25,7 +25,7 @@ from asdt_lightning.data.transforms import build_val_transform
 from asdt_lightning.data.voc import VOC_CLASSES, VOCReader, VOCSegmentation, write_mask_png
 from asdt_lightning.errors import DatasetError
 from data_roots import make_coco, make_voc, write_coco_mat
-from test_train import TINY
+from tiny_runs import TINY_TRAINING as TINY
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -10,21 +10,15 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from tiny_runs import TINY_RUN
+from tiny_runs import NO_PROGRESS_BAR, TINY_RUN
 
-TINY = [
-    *TINY_RUN,
-    "model.cam_scales=[1.0]",
-    "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false",
-    "tracking.panels=1",
-]
+TINY = [*TINY_RUN, *NO_PROGRESS_BAR, "tracking.panels=1"]
 
 
 def test_ddp_on_cpu_with_two_gloo_processes_trains_and_validates(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "asdt_lightning.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    cmd = [sys.executable, "-m", "asdt_lightning.train", "trainer=ddp", "trainer.devices=2"]  # TINY: on the CPU
     cmd += ["trainer.precision=32-true", "trainer.max_steps=2", *TINY, f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, stdin=subprocess.DEVNULL)
     output = proc.stdout + proc.stderr

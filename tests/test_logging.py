@@ -14,15 +14,9 @@ from asdt_lightning.lit.image_logging import PANEL_COLUMNS, colorize, fixed_indi
 from asdt_lightning.method.pwm import pwm_signal
 from asdt_lightning.tracking import build_loggers, default_group, resolve_wandb_mode
 from asdt_lightning.train import train
-from tiny_runs import TINY_RUN
+from tiny_runs import NO_PROGRESS_BAR, TINY_RUN
 
-TINY = [
-    *TINY_RUN,
-    "model.cam_scales=[1.0]",
-    "trainer.accelerator=cpu",
-    "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false",
-]
+TINY = [*TINY_RUN, *NO_PROGRESS_BAR]
 
 
 @pytest.fixture(autouse=True)

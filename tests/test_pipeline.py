@@ -5,11 +5,10 @@ import json
 from hydra import compose, initialize_config_module
 
 from asdt_lightning.pipeline import run_pipeline
-from wsss_helpers import TINY_DATA
+from tiny_runs import NO_PROGRESS_BAR, TINY_MODEL
+from wsss_helpers import TINY_DATA_BATCHES
 
-DATA = [*TINY_DATA, "dataset.crop_size=48", "dataset.val_size=48", "dataset.batch_size=2", "dataset.val_batch_size=2"]
-DATA += ["dataset.num_workers=0"]
-QUIET = ["trainer.enable_model_summary=false", "trainer.enable_progress_bar=false", "logger=none"]
+QUIET = ["trainer.enable_model_summary=false", *NO_PROGRESS_BAR, "logger=none"]
 
 
 def listed(*items):
@@ -23,8 +22,8 @@ def overrides(out):
         f"output_dir={out}",
         "crf=local",
         "pseudo_eval_limit=4",
-        "common=" + listed(*DATA),
-        "train=" + listed("trainer.max_steps=2", "model.net.head_channels=8", "model.cam_scales=[1.0]", *QUIET),
+        "common=" + listed(*TINY_DATA_BATCHES),
+        "train=" + listed("trainer.max_steps=2", *TINY_MODEL, *QUIET),
         "pseudo_labels=" + listed("num_workers=0", "progress=false", *small_crf),
         "segment=" + listed("trainer.max_steps=2", *QUIET),
         "evaluate=" + listed("num_workers=0", "progress=false", "figure=false", *small_crf),
@@ -75,6 +74,6 @@ def test_table_says_first_n_only_when_a_limit_cut_the_list():
     export = {**_result(16, limit=16, split_images=600), "results": {"folder": {"none": {"miou": 0.55}}}}
     stage2 = {**_result(150, split_images=150, split="val"), "results": {"segmenter": {"none": {"miou": 0.7}}}}
     table = pipeline_table(pseudo, export, stage2, "local")
-    assert "| pseudo masks: fused | train (first 16 of 600) | 50.00 | 60.00 |" in table
+    assert "| pseudo masks: fused (max R, S) | train (first 16 of 600) | 50.00 | 60.00 |" in table
     assert "| exported pseudo masks (PNG) | train (first 16 of 600) | 55.00 | |" in table
     assert "| val (all 150) | **70.00** | |" in table and "all 16" not in table

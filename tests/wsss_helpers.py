@@ -12,8 +12,10 @@ from asdt_lightning.data.inference import reader_for
 from asdt_lightning.data.synthetic import SYNTHETIC_CLASSES
 from asdt_lightning.lit.module import ASDTModule
 from conftest import small_module_kwargs
+from tiny_runs import tiny_batches, tiny_synthetic
 
-TINY_DATA = ["dataset.synthetic.num_train=10", "dataset.synthetic.num_val=6", "dataset.synthetic.image_size=48"]
+TINY_DATA = tiny_synthetic(num_train=10, num_val=6, image_size=48)  # the synthetic root of these tests
+TINY_DATA_BATCHES = [*TINY_DATA, *tiny_batches(48)]  # ... read in 48-px crops, batches of 2, no workers
 
 
 def compose_plain(config_name: str, *overrides: str) -> dict:

@@ -141,7 +141,8 @@ class ASDTModule(L.LightningModule):
         images, image_labels, valid = batch["image"], batch["labels"], batch["valid"]
         batch_size = images.shape[0]
         out = self.net(images)
-        loss_cls = classification_loss(out.class_logits.float(), image_labels)
+        with torch.profiler.record_function("asdt: classification loss"):
+            loss_cls = classification_loss(out.class_logits.float(), image_labels)
         if self.global_step < self.loss_weights.classifier_warmup:
             loss = self.loss_weights.cls * loss_cls + 0.0 * (out.refine_logits.sum() + out.student_logits.sum())
             terms: dict[str, Any] = {"train/loss": loss, "train/loss_cls": loss_cls}

@@ -15,21 +15,15 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
-class OptimizerParams:
-    """ASDT's optimiser: AdamW or SGD, learning-rate multipliers for 4 parameter groups, poly decay.
-
-    Defaults: the command line's (``conf/model/asdt.yaml``: AdamW for a network trained from scratch); the
-    1x/2x/10x/20x rule of the released code (SGD from pretrained weights) is ``experiment=voc_paper``'s.
-    """
+class OptimizerSettings:
+    """An optimiser, AdamW or SGD with momentum, with poly decay; defaults: the command line's (AdamW from
+    scratch)."""
 
     name: str = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
-    backbone_bias_mult: float = 1.0
-    head_weight_mult: float = 1.0
-    head_bias_mult: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -37,23 +31,26 @@ class OptimizerParams:
 
 
 @dataclass(frozen=True)
-class SegmenterOptimizerParams:
-    """The second stage's optimiser: the heads' learning rate is ``head_lr_mult`` times the backbone's.
+class OptimizerParams(OptimizerSettings):
+    """ASDT's optimiser with learning-rate multipliers for 4 parameter groups (``parameter_groups``).
 
-    Defaults: the command line's (``conf/segment.yaml``: AdamW from scratch); ImageNet-initialised VOC runs use SGD
-    with lr 2.5e-4 and ``head_lr_mult`` 10.
+    Defaults: ``conf/model/asdt.yaml``'s; the 1x/2x/10x/20x rule of the released code (SGD from pretrained
+    weights) is ``experiment=voc_paper``'s.
     """
 
-    name: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    head_lr_mult: float = 1.0
+    backbone_bias_mult: float = 1.0
+    head_weight_mult: float = 1.0
+    head_bias_mult: float = 1.0
 
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"name must be 'sgd' or 'adamw', got {self.name!r}")
+
+@dataclass(frozen=True)
+class SegmenterOptimizerParams(OptimizerSettings):
+    """The second stage's optimiser: the heads' learning rate is ``head_lr_mult`` times the backbone's.
+
+    Defaults: ``conf/segment.yaml``'s; ImageNet-initialised VOC runs use SGD with lr 2.5e-4 and ``head_lr_mult`` 10.
+    """
+
+    head_lr_mult: float = 1.0
 
 
 def parameter_groups(

@@ -146,8 +146,8 @@ class ASDTLoss:
             if masks is None:
                 raise ValueError("supervision='ground_truth' needs training masks; this batch has none")
             labels_a = masks_at(masks, t.size).masked_fill(~t.valid, IGNORE_INDEX)
-        refine_logits = maps_at(refine_logits, t.size)
-        student_logits = maps_at(student_logits, t.size)
+        with record_function("asdt: resize logits"):
+            refine_logits, student_logits = maps_at(refine_logits, t.size), maps_at(student_logits, t.size)
 
         with record_function("asdt: losses"):
             loss_refine_ce = self._cross_entropy(refine_logits, labels_a)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 CONNECTIVITIES = ("local", "full")
 FULL_KERNEL_MAX_BYTES = 8 << 30  # a (B, N, N) float32 kernel above this is refused with a clear message
@@ -231,6 +232,7 @@ def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: 
     return message
 
 
+@record_function("asdt: CRF kernel")
 def crf_kernel(
     image: torch.Tensor, params: CRFParams, pixel_step: float = 1.0, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -252,6 +254,7 @@ def crf_kernel(
     return params.gaussian_compat * gauss + params.bilateral_compat * bilat
 
 
+@record_function("asdt: CRF mean field")
 def mean_field(
     probs: torch.Tensor,
     kernel: torch.Tensor,
