@@ -181,3 +181,25 @@ def test_shared_crf_kernel_gives_the_per_call_crf(tmp_path):
     alone = refine_with_crf("local", rgb[1:, :, :8, :9], probs[1:, :, :8, :9], params, allowed[1:])
     assert torch.allclose(mixed[1:, :, :8, :9], alone, atol=1e-5)
     assert torch.equal(mixed[1:, :, 8:], probs[1:, :, 8:])
+
+
+def test_fusion_defaults_to_the_checkpoints_own_and_an_explicit_one_overrides_it(tmp_path):
+    """``fusion: null`` scores the fused branch as the checkpoint's ``val/miou_fused`` did (its ``model.fusion``;
+    ``max`` for checkpoints older than that setting); ``fusion=`` overrides it."""
+    ckpt = save_asdt_checkpoint(tmp_path / "mean.ckpt", fusion="mean")
+    given = [f"ckpt={ckpt}", "figure=false", "limit=3", "branches=[fused]", "crfs=[none]", *FAST]
+
+    def evaluate(name, *overrides):
+        return run_evaluate(compose_plain("evaluate", f"out={tmp_path / name}", *given, *overrides))
+
+    default, mean, maximum = evaluate("default"), evaluate("mean", "fusion=mean"), evaluate("max", "fusion=max")
+    assert (default["params"]["fusion"], maximum["params"]["fusion"]) == ("mean", "max")
+    assert default["results"] == mean["results"] != maximum["results"]
+    assert json.loads((tmp_path / "default" / "results.json").read_text())["params"]["fusion"] == "mean"
+    assert "| fused (mean R, S) |" in (tmp_path / "default" / "results.md").read_text()
+
+    old = torch.load(ckpt, weights_only=False)  # a checkpoint from before model.fusion existed
+    del old["hyper_parameters"]["fusion"]
+    torch.save(old, ckpt)
+    older = evaluate("older")
+    assert older["params"]["fusion"] == "max" and older["results"] == maximum["results"]

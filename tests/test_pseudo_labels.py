@@ -1,6 +1,7 @@
 """Pseudo-mask export: files, resume after a crash (byte-identical), refusals, CRF choices."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -268,3 +269,12 @@ def test_masks_do_not_depend_on_the_batch_size_when_image_sizes_differ(tmp_path,
             compose_voc(f"ckpt={voc_ckpt}", f"out={tmp_path / f'b{batch_size}'}", *data, f"batch_size={batch_size}")
         )
     assert digests(tmp_path / "b1") == digests(tmp_path / "b4") and len(digests(tmp_path / "b1")) == 5
+
+
+def test_fusion_defaults_to_the_checkpoints_own_and_an_explicit_one_overrides_it(tmp_path):
+    ckpt = save_asdt_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", fusion="mean")
+    for name, overrides in (("default", []), ("mean", ["fusion=mean"]), ("max", ["fusion=max"])):
+        export(ckpt, tmp_path / name, *overrides)
+    assert json.loads((tmp_path / "default" / "export.json").read_text())["params"]["fusion"] == "mean"
+    assert digests(tmp_path / "default") == digests(tmp_path / "mean") != digests(tmp_path / "max")
+    assert export(ckpt, tmp_path / "default", "fusion=mean")["skipped"] == 10  # the manifest holds the rule used

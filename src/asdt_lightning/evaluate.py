@@ -40,6 +40,7 @@ from .io_utils import atomic_write, atomic_write_text
 from .lit.inference import (
     CRFKernels,
     InferenceParams,
+    checkpoint_fusion,
     crf_params_from,
     label_maps,
     load_model,
@@ -60,6 +61,7 @@ from .metrics import (
 )
 
 CACHE_BYTES = 2 << 30  # first-pass batches (CAMs, images, CRF kernels) the CAM + CRF pass may reuse from memory
+Job = tuple[str, str]  # (branch, crf) of one report entry
 
 
 def report_scores(confusion: torch.Tensor, unlabelled: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
@@ -122,11 +124,11 @@ def forward_batch(
 
 def score_jobs(
     batch: ScoredBatch,
-    jobs: Sequence[tuple[str, str]],
+    jobs: Sequence[Job],
     params: InferenceParams,
     cam_threshold: float | None,
     has_background: bool,
-    acc: dict[tuple[str, str], ConfusionMatrix],
+    acc: dict[Job, ConfusionMatrix],
 ) -> None:
     """Add every (branch, crf) job's label maps of ``batch`` to its accumulator; CRF kernels are shared."""
     for branch, crf in jobs:
@@ -160,6 +162,95 @@ class BatchCache:
         self.used = 0
 
 
+def base_dataset(dataset: InferenceImages | Subset) -> InferenceImages:
+    """The ``InferenceImages`` of ``dataset``: itself, or the one a ``Subset`` takes its images from."""
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
+def evaluation_batches(dataset: InferenceImages | Subset, batch_size: int) -> list[list[int]]:
+    """Same-size batches of ``dataset``'s images (no padding: scores do not depend on the batch size)."""
+    sizes = base_dataset(dataset).image_sizes()
+    if isinstance(dataset, Subset):
+        sizes = [sizes[i] for i in dataset.indices]
+    return same_size_batches(sizes, batch_size)
+
+
+def evaluation_jobs(
+    branches: Sequence[str], crfs: Sequence[str], sweep_cam: bool
+) -> tuple[list[Job], list[Job], list[Job]]:
+    """Every distinct (branch, crf) job; those the first pass scores; the CAM + CRF jobs of the second pass.
+
+    With ``sweep_cam`` the CAM's jobs wait for the sweep's threshold: without CRF it is the sweep's own entry,
+    with a CRF it takes the second pass."""
+    jobs = list(dict.fromkeys((b, c) for b in branches for c in crfs))
+    first = [(b, c) for b, c in jobs if not (sweep_cam and b == "cam")]
+    cam_crfs = [(b, c) for b, c in jobs if sweep_cam and b == "cam" and c != "none"]
+    return jobs, first, cam_crfs
+
+
+@dataclasses.dataclass
+class ForwardPasses:
+    """Loads batches of a dataset (``pad_collate``) and gives each one's network maps (``forward_batch``)."""
+
+    module: torch.nn.Module
+    dataset: InferenceImages | Subset
+    params: InferenceParams
+    device: torch.device
+    num_workers: int = 0
+    progress: bool = True
+
+    def __call__(self, batches: list[list[int]], desc: str) -> Iterator[ScoredBatch]:
+        data = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=pad_collate)
+        for batch in tqdm(data, desc=desc, unit="batch", disable=not self.progress, dynamic_ncols=True):
+            yield forward_batch(self.module, batch, self.params, self.device)
+
+
+class CAMSweep:
+    """The CAM's confusion matrices at every background threshold (without CRF), and the best threshold."""
+
+    def __init__(self, thresholds: Sequence[float], num_labels: int, device: torch.device) -> None:
+        self.thresholds = thresholds
+        self.confusions = ConfusionMatrices(len(thresholds), num_labels, sync_on_compute=False).to(device)
+
+    def update(self, batch: ScoredBatch) -> None:
+        cams = batch.outputs["cam"]
+        self.confusions.update(cam_label_maps(cams, batch.labels, self.thresholds), batch.masks.to(cams.device))
+
+    def best(self, names: Sequence[str]) -> tuple[float, dict[str, Any]]:
+        """The threshold of highest mIoU and the CAM's report entry at it."""
+        confusions, unlabelled = self.confusions.counts()
+        best = best_threshold(confusions, names)
+        return float(self.thresholds[best]), report_scores(confusions[best], unlabelled[best], names)
+
+
+def cam_crf_pass(
+    forward: ForwardPasses,
+    batches: list[list[int]],
+    cache: BatchCache,
+    jobs: Sequence[Job],
+    cam_threshold: float,
+    acc: dict[Job, ConfusionMatrix],
+) -> None:
+    """The sweep's second pass: the CAM + CRF ``jobs`` at the chosen threshold, over the first pass's batches kept
+    in ``cache`` and a new forward of the others."""
+    missing = [batches[i] for i in cache.missing(len(batches))]
+    desc = f"CAM + CRF at threshold {cam_threshold}"
+    has_background = base_dataset(forward.dataset).has_background
+    for batch in chain(cache.drain(forward.device), forward(missing, desc) if missing else ()):
+        score_jobs(batch, jobs, forward.params, cam_threshold, has_background, acc)
+
+
+def assemble_results(
+    acc: dict[Job, ConfusionMatrix], names: Sequence[str], cam_scores: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{branch: {crf: report entry}}`` of every job; the CAM without CRF is ``cam_scores`` (the sweep's) if given."""
+    results: dict[str, dict[str, Any]] = {}
+    for (branch, crf), accumulator in acc.items():
+        swept = (branch, crf) == ("cam", "none") and cam_scores is not None
+        results.setdefault(branch, {})[crf] = cam_scores if swept else report_scores(*accumulator.counts(), names)
+    return results
+
+
 def evaluate_model(
     module: torch.nn.Module,
     dataset: InferenceImages | Subset,
@@ -181,55 +272,30 @@ def evaluate_model(
     rows then take a second pass at that threshold, over the first pass's batches kept in memory (up to
     ``cache_bytes``) and a new forward for the rest.
     """
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    has_background = base.has_background
-    names = label_names(base.class_names, has_background)
-    acc = {(b, c): ConfusionMatrix(len(names), sync_on_compute=False) for b in branches for c in crfs}
-    sweep_cam = "cam" in branches and has_background and params.cam_threshold is None
-    sweep: ConfusionMatrices | None = None  # the CAM's confusion matrices at every background threshold
-    if sweep_cam:
-        sweep = ConfusionMatrices(len(cam_thresholds), len(names), sync_on_compute=False).to(device)
-    first = [(b, c) for b, c in acc if not (sweep_cam and b == "cam")]
-    cam_crfs = [(b, c) for b, c in acc if sweep_cam and b == "cam" and c != "none"]
-    sizes = base.image_sizes()
-    if isinstance(dataset, Subset):
-        sizes = [sizes[i] for i in dataset.indices]
-    batches = same_size_batches(sizes, batch_size)  # no padding: scores do not depend on the batch_size
-
-    def loader(which: list[list[int]], desc: str) -> Iterator[ScoredBatch]:
-        data = DataLoader(dataset, batch_sampler=which, num_workers=num_workers, collate_fn=pad_collate)
-        for batch in tqdm(data, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-            yield forward_batch(module, batch, params, device)
-
+    base = base_dataset(dataset)
+    names = label_names(base.class_names, base.has_background)
+    sweep_cam = "cam" in branches and base.has_background and params.cam_threshold is None
+    jobs, first, cam_crfs = evaluation_jobs(branches, crfs, sweep_cam)
+    acc = {job: ConfusionMatrix(len(names), sync_on_compute=False) for job in jobs}
+    sweep = CAMSweep(cam_thresholds, len(names), device) if sweep_cam else None
+    batches = evaluation_batches(dataset, batch_size)
+    forward = ForwardPasses(module, dataset, params, device, num_workers, progress)
     start = time.perf_counter()
     cache = BatchCache(cache_bytes if cam_crfs else 0)
-    for index, batch in enumerate(loader(batches, "evaluating")):
+    for index, batch in enumerate(forward(batches, "evaluating")):
         if sweep is not None:
-            cams = batch.outputs["cam"]
-            sweep.update(cam_label_maps(cams, batch.labels, cam_thresholds), batch.masks.to(cams.device))
-        score_jobs(batch, first, params, params.cam_threshold, has_background, acc)
+            sweep.update(batch)
+        score_jobs(batch, first, params, params.cam_threshold, base.has_background, acc)
         if cam_crfs:
             cache.offer(index, batch)
     cam_threshold = params.cam_threshold
-    cam_scores: dict[str, Any] | None = None  # the CAM without CRF at the chosen threshold, from the sweep
+    cam_scores: dict[str, Any] | None = None  # the CAM without CRF at the sweep's threshold
     if sweep is not None:
-        confusions, unlabelled = sweep.counts()
-        best = best_threshold(confusions, names)
-        cam_threshold = float(cam_thresholds[best])
-        if ("cam", "none") in acc:
-            cam_scores = report_scores(confusions[best], unlabelled[best], names)
-        missing = [batches[i] for i in cache.missing(len(batches))] if cam_crfs else []
-        desc = f"CAM + CRF at threshold {cam_threshold}"
-        for batch in chain(cache.drain(device), loader(missing, desc) if missing else ()):
-            score_jobs(batch, cam_crfs, params, cam_threshold, has_background, acc)
-    results: dict[str, dict[str, Any]] = {}
-    for (branch, crf), accumulator in acc.items():
-        if (branch, crf) == ("cam", "none") and cam_scores is not None:
-            results.setdefault(branch, {})[crf] = cam_scores
-        else:
-            results.setdefault(branch, {})[crf] = report_scores(*accumulator.counts(), names)
+        cam_threshold, cam_scores = sweep.best(names)
+        if cam_crfs:
+            cam_crf_pass(forward, batches, cache, cam_crfs, cam_threshold, acc)
     return {
-        "results": results,
+        "results": assemble_results(acc, names, cam_scores),
         "cam_threshold": cam_threshold if "cam" in branches else None,
         "label_names": names,
         "images": len(dataset),
@@ -365,10 +431,9 @@ def write_report(report: dict[str, Any], out: Path, figure: bool) -> None:
                 confusion_figure(scores["confusion"], report["label_names"], title, path)
 
 
-def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Check everything cheap, then evaluate and write the report. ``cfg``: the plain evaluate config."""
-    ckpt, pred_dir = cfg["ckpt"], cfg["pred_dir"]
-    if bool(ckpt) == bool(pred_dir):
+def check_evaluate_config(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Check every setting that needs neither data nor a model; returns the branches and CRFs to evaluate."""
+    if bool(cfg["ckpt"]) == bool(cfg["pred_dir"]):
         raise ASDTUserError("give exactly one of ckpt=<checkpoint> (a model) or pred_dir=<folder of PNGs>")
     crfs = list(cfg["crfs"] or ["none"])
     for crf in crfs:
@@ -384,45 +449,71 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     limit = cfg["limit"]
     if limit is not None and int(limit) < 1:
         raise ASDTUserError(f"limit must be a positive number of images or null, got {limit}")
-    data = cfg["dataset"]
+    return branches, crfs
+
+
+def evaluate_params(cfg: dict[str, Any]) -> InferenceParams:
+    """InferenceParams from the plain evaluate config, checked before the checkpoint is read; ``fusion: null`` (the
+    checkpoint's own) stands as ``max`` until ``checkpoint_fusion`` reads it from the loaded model."""
+    return InferenceParams(
+        fusion="max" if cfg["fusion"] is None else cfg["fusion"],
+        scales=tuple(float(s) for s in cfg["scales"]),
+        flip=bool(cfg["flip"]),
+        crf_params=crf_params_from(cfg["crf_params"]),
+        cam_threshold=None if cfg["cam_threshold"] is None else float(cfg["cam_threshold"]),
+    )
+
+
+def folder_report(cfg: dict[str, Any], dataset: InferenceImages) -> dict[str, Any]:
+    """The report entries of a folder of predicted PNGs (``pred_dir``), over the first ``limit`` images if given."""
+    limit, pred_dir = cfg["limit"], cfg["pred_dir"]
+    names = dataset.names[: int(limit)] if limit else None
+    scores = evaluate_folder(Path(pred_dir).expanduser(), dataset, names)
+    return {"pred_dir": str(pred_dir), "kind": "folder", **scores}
+
+
+def checkpoint_report(
+    cfg: dict[str, Any], dataset: InferenceImages, branches: list[str], crfs: list[str]
+) -> dict[str, Any]:
+    """The report entries of a checkpoint (``ckpt``): its kind, the settings used and ``evaluate_model``'s scores,
+    over the first ``limit`` images if given."""
+    params = evaluate_params(cfg)
+    device = resolve_device(cfg["device"])
+    reader, ckpt, limit = dataset.reader, cfg["ckpt"], cfg["limit"]
+    module = load_model(ckpt, reader.class_names, reader.has_background, cfg["dataset"]["name"], device)
+    params = dataclasses.replace(params, fusion=checkpoint_fusion(module, cfg["fusion"]))
+    kind = "asdt" if hasattr(module, "branch_probabilities") else "segmenter"  # as checkpoint_kind said
+    subset = Subset(dataset, range(min(int(limit), len(dataset)))) if limit else dataset
+    used: dict[str, Any] = {"scales": list(params.scales), "flip": params.flip}
+    if kind == "asdt":
+        used["fusion"] = params.fusion  # the fused branch's title names it
+    scores = evaluate_model(
+        module,
+        subset,
+        ["segmenter"] if kind == "segmenter" else branches,
+        crfs,
+        params,
+        device,
+        batch_size=int(cfg["batch_size"]),
+        num_workers=int(cfg["num_workers"]),
+        progress=bool(cfg["progress"]),
+    )
+    return {"checkpoint": str(ckpt), "kind": kind, "params": used, **scores}
+
+
+def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check everything cheap, then evaluate and write the report. ``cfg``: the plain evaluate config."""
+    branches, crfs = check_evaluate_config(cfg)
+    data, split = cfg["dataset"], cfg["split"]
     reader = reader_for(data)
-    split = cfg["split"]
     out = Path(cfg["out"]).expanduser()
     dataset = InferenceImages(reader, split, data["mean"], data["std"], require_masks=True)
-    report: dict[str, Any] = {"dataset": data["name"], "split": split, "limit": limit, "split_images": len(dataset)}
-    if pred_dir:
-        names = dataset.names[: int(limit)] if limit else None
-        report.update(pred_dir=str(pred_dir), kind="folder")
-        report.update(evaluate_folder(Path(pred_dir).expanduser(), dataset, names))
+    report: dict[str, Any] = {"dataset": data["name"], "split": split, "limit": cfg["limit"]}
+    report["split_images"] = len(dataset)
+    if cfg["pred_dir"]:
+        report.update(folder_report(cfg, dataset))
     else:
-        params = InferenceParams(
-            fusion=cfg["fusion"],
-            scales=tuple(float(s) for s in cfg["scales"]),
-            flip=bool(cfg["flip"]),
-            crf_params=crf_params_from(cfg["crf_params"]),
-            cam_threshold=None if cfg["cam_threshold"] is None else float(cfg["cam_threshold"]),
-        )
-        device = resolve_device(cfg["device"])
-        module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
-        kind = "asdt" if hasattr(module, "branch_probabilities") else "segmenter"  # as checkpoint_kind said
-        subset = Subset(dataset, range(min(int(limit), len(dataset)))) if limit else dataset
-        used: dict[str, Any] = {"scales": list(params.scales), "flip": params.flip}
-        if kind == "asdt":
-            used["fusion"] = params.fusion  # the fused branch's title names it
-        report.update(checkpoint=str(ckpt), kind=kind, params=used)
-        report.update(
-            evaluate_model(
-                module,
-                subset,
-                ["segmenter"] if kind == "segmenter" else branches,
-                crfs,
-                params,
-                device,
-                batch_size=int(cfg["batch_size"]),
-                num_workers=int(cfg["num_workers"]),
-                progress=bool(cfg["progress"]),
-            )
-        )
+        report.update(checkpoint_report(cfg, dataset, branches, crfs))
     write_report(report, out, bool(cfg["figure"]))
     print(summary_table(report["results"], report_fusion(report)))
     print(f"({report['images']} images of '{split}'; results in {out})")

@@ -13,6 +13,7 @@ a folder made with other settings is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -36,6 +37,7 @@ from .errors import ASDTUserError, run_or_exit
 from .io_utils import atomic_write, atomic_write_text
 from .lit.inference import (
     InferenceParams,
+    checkpoint_fusion,
     crf_params_from,
     label_maps,
     load_model,
@@ -124,6 +126,78 @@ def fixed_batches(
     return [c for c in same_size_batches(sizes, batch_size) if any(names[i] not in done for i in c)]
 
 
+def prepare_out(out: Path) -> int:
+    """Create ``out``; delete the temporaries a killed export left there and in ``confidence/``; returns how many."""
+    out.mkdir(parents=True, exist_ok=True)
+    conf_dir = out / "confidence"
+    return remove_stale_temporaries(out) + (remove_stale_temporaries(conf_dir) if conf_dir.is_dir() else 0)
+
+
+def is_exported(out: Path, name: str, save_confidence: bool) -> bool:
+    """True if image ``name``'s mask (and with ``save_confidence`` its confidence map) is a whole PNG in ``out``."""
+    if save_confidence and not png_ok(out / "confidence" / f"{name}.png", "L"):
+        return False
+    return png_ok(out / f"{name}.png", "P")
+
+
+def predict_masks(
+    module: torch.nn.Module,
+    batch: dict[str, Any],
+    params: InferenceParams,
+    has_background: bool,
+    device: torch.device,
+    label_threshold: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, H, W) label maps and confidences of one collated batch, as numpy arrays.
+
+    ``label_threshold``: for images without image labels, the ASDT classifier's score above which a class is taken
+    (``predicted_image_labels``); None: the batch's own image labels."""
+    images = batch["image"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device)
+    if label_threshold is not None and hasattr(module, "branch_probabilities"):
+        # e.g. VOC test: the ASDT classifier says which classes each image holds
+        labels = predicted_image_labels(module, images, label_threshold)
+    outputs = model_outputs(module, images, labels, params.scales, params.flip)
+    masks, conf = label_maps(outputs, batch["rgb"].to(device), labels, batch["size"], params, has_background)
+    return masks.cpu().numpy(), conf.cpu().numpy()
+
+
+def write_masks(
+    out: Path,
+    batch: dict[str, Any],
+    masks: np.ndarray,
+    conf: np.ndarray,
+    skip: set[str],
+    save_confidence: bool,
+    bar: tqdm,
+) -> int:
+    """Write the batch's masks (and confidence maps), cropped to each image's size, but those of ``skip``;
+    returns how many."""
+    written = 0
+    for i, name in enumerate(batch["name"]):
+        if name in skip:
+            continue
+        h, w = batch["size"][i]
+        if save_confidence:  # the mask is written last: its presence means the image is done
+            write_confidence_png(out / "confidence" / f"{name}.png", conf[i, :h, :w])
+        write_mask_png(out / f"{name}.png", masks[i, :h, :w].astype(np.uint8))
+        written += 1
+        bar.update(1)
+    return written
+
+
+def export_summary(images: int, skipped: int, written: int, removed: int, seconds: float) -> dict[str, Any]:
+    """What ``export_pseudo_masks`` returns: counts and timing."""
+    return {
+        "images": images,
+        "skipped": skipped,
+        "written": written,
+        "stale_temporaries_removed": removed,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(written / seconds, 2) if written and seconds > 0 else None,
+    }
+
+
 def export_pseudo_masks(
     module: torch.nn.Module,
     dataset: InferenceImages,
@@ -141,17 +215,9 @@ def export_pseudo_masks(
 
     Images without image labels (``dataset.labels_known`` False) take the classes the CAM branch predicts with a
     sigmoid score above ``label_threshold`` (at least the top one)."""
-    out.mkdir(parents=True, exist_ok=True)
-    conf_dir = out / "confidence"
-    removed = remove_stale_temporaries(out) + (remove_stale_temporaries(conf_dir) if conf_dir.is_dir() else 0)
-
-    def is_done(name: str) -> bool:
-        if save_confidence and not png_ok(conf_dir / f"{name}.png", "L"):
-            return False
-        return png_ok(out / f"{name}.png", "P")
-
+    removed = prepare_out(out)
     names = dataset.names
-    done = {n for n in names if is_done(n)}
+    done = {n for n in names if is_exported(out, n, save_confidence)}
     batches = fixed_batches(names, dataset.image_sizes(), batch_size, done)
     todo = sum(1 for c in batches for i in c if names[i] not in done)
     loader = DataLoader(
@@ -161,37 +227,14 @@ def export_pseudo_masks(
         collate_fn=pad_collate,
         pin_memory=device.type == "cuda",
     )
+    predicted_labels = None if dataset.labels_known else label_threshold
     start = time.perf_counter()
     written = 0
-    bar = tqdm(total=todo, unit="img", desc="pseudo masks", disable=not progress, dynamic_ncols=True)
-    with bar:
+    with tqdm(total=todo, unit="img", desc="pseudo masks", disable=not progress, dynamic_ncols=True) as bar:
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device)
-            if not dataset.labels_known and hasattr(module, "branch_probabilities"):
-                # e.g. VOC test: the ASDT classifier says which classes each image holds
-                labels = predicted_image_labels(module, images, label_threshold)
-            outputs = model_outputs(module, images, labels, params.scales, params.flip)
-            masks, conf = label_maps(outputs, batch["rgb"].to(device), labels, batch["size"], params, has_background)
-            masks, conf = masks.cpu().numpy(), conf.cpu().numpy()
-            for i, name in enumerate(batch["name"]):
-                if name in done:
-                    continue
-                h, w = batch["size"][i]
-                if save_confidence:  # the mask is written last: its presence means the image is done
-                    write_confidence_png(conf_dir / f"{name}.png", conf[i, :h, :w])
-                write_mask_png(out / f"{name}.png", masks[i, :h, :w].astype(np.uint8))
-                written += 1
-                bar.update(1)
-    seconds = time.perf_counter() - start
-    return {
-        "images": len(names),
-        "skipped": len(done),
-        "written": written,
-        "stale_temporaries_removed": removed,
-        "seconds": round(seconds, 2),
-        "images_per_second": round(written / seconds, 2) if written and seconds > 0 else None,
-    }
+            masks, conf = predict_masks(module, batch, params, has_background, device, predicted_labels)
+            written += write_masks(out, batch, masks, conf, done, save_confidence, bar)
+    return export_summary(len(names), len(done), written, removed, time.perf_counter() - start)
 
 
 def default_cam_threshold(ckpt: Path) -> float | None:
@@ -206,13 +249,15 @@ def default_cam_threshold(ckpt: Path) -> float | None:
 
 
 def inference_params(cfg: dict[str, Any], ckpt: Path | None = None) -> InferenceParams:
-    """InferenceParams from the plain pseudo_labels config (conf/pseudo_labels.yaml holds every default)."""
+    """InferenceParams from the plain pseudo_labels config (conf/pseudo_labels.yaml holds every default), checked
+    before the checkpoint is read; ``fusion: null`` (the checkpoint's own) stands as ``max`` until
+    ``checkpoint_fusion`` reads it from the loaded model."""
     cam_threshold = cfg["cam_threshold"]
     if cam_threshold is None and cfg["branch"] == "cam" and ckpt is not None:
         cam_threshold = default_cam_threshold(ckpt)
     return InferenceParams(
         branch=cfg["branch"],
-        fusion=cfg["fusion"],
+        fusion="max" if cfg["fusion"] is None else cfg["fusion"],
         scales=tuple(float(s) for s in cfg["scales"]),
         flip=bool(cfg["flip"]),
         crf=cfg["crf"],
@@ -225,6 +270,24 @@ def inference_params(cfg: dict[str, Any], ckpt: Path | None = None) -> Inference
 def default_out_dir(ckpt: Path, split: str) -> Path:
     """``<run>/pseudo_masks/<split>`` for a checkpoint at ``<run>/checkpoints/<file>.ckpt``."""
     return ckpt.parent.parent / "pseudo_masks" / Path(split).stem
+
+
+def export_manifest(
+    cfg: dict[str, Any], ckpt: Path, params: InferenceParams, dataset: InferenceImages
+) -> dict[str, Any]:
+    """The settings an export folder records (``export.json``): what a re-run must match to add to it."""
+    manifest = {
+        "checkpoint_sha256": file_digest(ckpt),
+        "dataset": cfg["dataset"]["name"],
+        "root": str(dataset.reader.root.resolve()),
+        "split": dataset.split,
+        "params": {**params.__dict__, "crf_params": params.crf_params.__dict__, "scales": list(params.scales)},
+        "save_confidence": bool(cfg["save_confidence"]),
+        "batch_size": int(cfg["batch_size"]),
+    }
+    if not dataset.labels_known:
+        manifest["predicted_image_labels_threshold"] = float(cfg["label_threshold"])
+    return manifest
 
 
 def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -243,20 +306,10 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     reader = reader_for(data)
     split = cfg["split"]
     module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
+    params = dataclasses.replace(params, fusion=checkpoint_fusion(module, cfg["fusion"]))
     dataset = InferenceImages(reader, split, data["mean"], data["std"])
     out = Path(cfg["out"]).expanduser() if cfg["out"] else default_out_dir(ckpt, split)
-    manifest = {
-        "checkpoint_sha256": file_digest(ckpt),
-        "dataset": data["name"],
-        "root": str(reader.root.resolve()),
-        "split": split,
-        "params": {**params.__dict__, "crf_params": params.crf_params.__dict__, "scales": list(params.scales)},
-        "save_confidence": bool(cfg["save_confidence"]),
-        "batch_size": int(cfg["batch_size"]),
-    }
-    if not dataset.labels_known:
-        manifest["predicted_image_labels_threshold"] = float(cfg["label_threshold"])
-    check_manifest(out, manifest)
+    check_manifest(out, export_manifest(cfg, ckpt, params, dataset))
     print(f"exporting {len(dataset)} pseudo masks of '{split}' to {out} ({params.branch}, crf={params.crf})")
     summary = export_pseudo_masks(
         module,

@@ -27,7 +27,7 @@ class InferenceParams:
     """How per-branch maps become label maps."""
 
     branch: str = "fused"  # fused | refine | student | cam
-    fusion: str = "max"  # max | mean | product (of R's and S's softmax, for branch=fused)
+    fusion: str = "max"  # max | mean | product (of R's and S's softmax, for branch=fused); see checkpoint_fusion
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     crf: str = "none"  # none | local | dense
@@ -138,6 +138,16 @@ def load_model(
             "version of this package?"
         )
     return module.eval().to(device)
+
+
+def checkpoint_fusion(module: torch.nn.Module, fusion: str | None = None) -> str:
+    """How the fused branch fuses R and S: ``fusion`` when given, else the ASDT checkpoint's own ``model.fusion``
+    (the rule of its ``val/miou_fused``); ``max`` for checkpoints older than that setting and for second-stage ones,
+    which have no fused branch."""
+    if fusion is not None:
+        return fusion
+    hparams = getattr(module, "hparams", None) or {}
+    return str(hparams.get("fusion", "max"))
 
 
 @torch.no_grad()
