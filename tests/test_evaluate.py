@@ -12,20 +12,9 @@ from asdt_lightning.data.voc import read_mask, write_mask_png
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.evaluate import run_evaluate
 from asdt_lightning.metrics import mean_iou
-from wsss_helpers import compose_plain, save_asdt_checkpoint, tiny_reader
+from wsss_helpers import compose_plain, numpy_miou, save_asdt_checkpoint, tiny_reader
 
 FAST = ["num_workers=0", "progress=false", "crf_params.iterations=2", "crf_params.window=5"]
-
-
-def numpy_miou(preds, gts, k, ignore=255):
-    """An independent VOC mIoU: bincount over valid pixels of all images, IoU over classes seen anywhere."""
-    hist = np.zeros((k, k), dtype=np.int64)
-    for p, g in zip(preds, gts, strict=True):
-        valid = g != ignore
-        hist += np.bincount(k * g[valid].astype(int) + p[valid], minlength=k * k).reshape(k, k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist))
-    return np.nanmean(iou)
 
 
 def test_png_folder_is_scored_against_ground_truth(tmp_path):

@@ -19,23 +19,13 @@ from asdt_lightning.metrics import (
     mean_iou,
     segmentation_scores,
 )
+from wsss_helpers import numpy_miou
 
 
 def confusion_of(pred, target, k):
     metric = ConfusionMatrix(k)
     metric.update(torch.as_tensor(pred), torch.as_tensor(target))
     return metric.counts()
-
-
-def numpy_miou(preds, gts, k, ignore=255):
-    """An independent VOC mIoU: bincount over valid pixels of all images, IoU over classes seen anywhere."""
-    hist = np.zeros((k, k), dtype=np.int64)
-    for p, g in zip(preds, gts, strict=True):
-        valid = g != ignore
-        hist += np.bincount(k * g[valid].astype(int) + p[valid], minlength=k * k).reshape(k, k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist))
-    return np.nanmean(iou)
 
 
 def test_hand_computed_case_with_ignored_pixels():
