@@ -158,7 +158,8 @@ def test_resnet50_dilation_matches_torchvision(output_stride, dilate):
 
 
 def test_registry_names():
-    assert available_backbones() == ["resnet101", "resnet18", "resnet38", "resnet50"]
+    torchvision_and_wsss = ["resnet101", "resnet18", "resnet38", "resnet50"]
+    assert available_backbones() == sorted([*torchvision_and_wsss, "convnext_tiny", "efficientnet_lite0", "res2net101"])
     assert set(BACKBONES) == set(available_backbones())
 
 
@@ -318,7 +319,11 @@ def test_check_backbone_refuses_what_build_backbone_would(tmp_path):
     check_backbone("resnet38", str(path))
     with pytest.raises(ASDTUserError) as error:
         check_backbone("resnet7", str(path))
-    assert str(error.value) == f"unknown backbone 'resnet7'; choose one of: {', '.join(available_backbones())}"
+    choices = ", ".join(available_backbones())
+    assert str(error.value) == (
+        f"unknown backbone 'resnet7'; choose one of: {choices}, or any timm model name "
+        "(backbone=timm backbone.name=<name>)"
+    )
     with pytest.raises(ASDTUserError) as error:
         check_backbone("resnet18", "~/nowhere.pth")
     assert str(error.value) == "backbone.weights file not found: ~/nowhere.pth"  # the path as given

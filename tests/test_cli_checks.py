@@ -33,7 +33,10 @@ def refused(*argv: str) -> str:
 
 # command line -> what its one error line says (check_config, the first thing ``train`` itself runs, included)
 REFUSED = [
-    ("backbone=resnet7", "backbone=resnet7: no such option; choose one of: resnet101, resnet18, resnet38"),
+    (
+        "backbone=resnet7",
+        "backbone=resnet7: no such option; choose one of: convnext_tiny, efficientnet_lite0, res2net101",
+    ),
     ("dataset=cityscapes", "dataset=cityscapes: no such option; choose one of: coco_stuff, synthetic, voc"),
     ("pwm.dutty=0.5", "unknown key pwm.dutty; pwm has: duty, period, phase, warmup; did you mean pwm.duty?"),
     ("+pwm.dutty=0.5", "unknown key pwm.dutty (added with +)"),

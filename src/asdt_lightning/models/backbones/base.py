@@ -35,6 +35,10 @@ class Backbone(nn.Module):
         """The first layers, frozen by ``frozen_stem=True``."""
         return []
 
+    def import_key(self, key: str) -> str | None:
+        """A weights file's key (wrapper prefixes stripped) as this backbone's, or None for a part it lacks."""
+        return key
+
 
 def check_output_stride(name: str, output_stride: int, supported: tuple[int, ...]) -> None:
     """Refuse an output stride that backbone ``name`` cannot produce."""

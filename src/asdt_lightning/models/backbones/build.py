@@ -8,13 +8,15 @@ from ...errors import ASDTUserError
 from .base import Backbone
 from .batchnorm import freeze_batchnorm
 from .registry import BACKBONES, check_backbone_name
+from .timm_backbone import is_timm_model, timm_factory
 from .weights import check_weights_file, load_backbone_weights
 
 
 def check_backbone(name: str, weights: str | Path | None = None, *, pretrained: bool = False) -> None:
     """Refuse, before anything is built, an unregistered ``name``, ``pretrained`` together with ``weights``, or a
     ``weights`` file that does not exist (an ``ASDTUserError`` each)."""
-    check_backbone_name(name)
+    if name not in BACKBONES and not is_timm_model(name):  # backbone=timm backbone.name=<any timm model>
+        check_backbone_name(name)
     if pretrained and weights:
         raise ASDTUserError(
             "backbone.pretrained=true and backbone.weights are both set; use one of them "
@@ -38,7 +40,8 @@ def build_backbone(
     ``frozen_stem`` stops gradients into ``stem_modules()``.
     """
     check_backbone(name, weights or None, pretrained=pretrained)
-    backbone = BACKBONES[name](output_stride=output_stride, pretrained=pretrained)
+    factory = BACKBONES.get(name) or timm_factory(name)
+    backbone = factory(output_stride=output_stride, pretrained=pretrained)
     if weights:
         load_backbone_weights(backbone, weights)
     if frozen_bn:

@@ -30,4 +30,7 @@ def available_backbones() -> list[str]:
 def check_backbone_name(name: str) -> None:
     """Refuse a name that is not registered, listing the registered ones."""
     if name not in BACKBONES:
-        raise ASDTUserError(f"unknown backbone '{name}'; choose one of: {', '.join(available_backbones())}")
+        raise ASDTUserError(
+            f"unknown backbone '{name}'; choose one of: {', '.join(available_backbones())}, or any timm model name "
+            "(backbone=timm backbone.name=<name>)"
+        )

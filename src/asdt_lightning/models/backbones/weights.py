@@ -49,8 +49,8 @@ def load_checked(backbone: Backbone, state: Mapping[str, torch.Tensor], source: 
     """Normalise ``state``'s keys, check they match ``backbone`` exactly, then load strictly."""
     cleaned = {}
     for key, value in state.items():
-        key = strip_prefixes(str(key))
-        if not (key.endswith("num_batches_tracked") or key.startswith(_CLASSIFIER_PREFIXES)):
+        key = backbone.import_key(strip_prefixes(str(key)))
+        if key is not None and not (key.endswith("num_batches_tracked") or key.startswith(_CLASSIFIER_PREFIXES)):
             cleaned[key] = value
     own = {k: v for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = [k for k in own if k not in cleaned]
