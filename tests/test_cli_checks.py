@@ -35,7 +35,7 @@ def refused(*argv: str) -> str:
 REFUSED = [
     (
         "backbone=resnet7",
-        "backbone=resnet7: no such option; choose one of: convnext_tiny, efficientnet_lite0, res2net101",
+        "backbone=resnet7: no such option; choose one of: convnext_tiny, deit_base, efficientnet_lite0",
     ),
     ("dataset=cityscapes", "dataset=cityscapes: no such option; choose one of: coco_stuff, synthetic, voc"),
     ("pwm.dutty=0.5", "unknown key pwm.dutty; pwm has: duty, period, phase, warmup; did you mean pwm.duty?"),

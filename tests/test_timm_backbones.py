@@ -86,7 +86,27 @@ def test_every_backbone_config_names_a_buildable_backbone():
     import asdt_lightning.conf
 
     configs = sorted((Path(asdt_lightning.conf.__file__).parent / "backbone").glob("*.yaml"))
-    assert {p.stem for p in configs} >= {"efficientnet_lite0", "convnext_tiny", "res2net101", "timm"}
+    assert {p.stem for p in configs} >= {
+        "efficientnet_lite0",
+        "convnext_tiny",
+        "res2net101",
+        "vit_base_patch16",
+        "deit_base",
+        "timm",
+    }
     for path in configs:
         cfg = OmegaConf.load(path)
         check_backbone(cfg.name, cfg.weights, pretrained=cfg.pretrained)
+
+
+def test_a_vit_gives_its_patch_tokens_on_a_stride_16_grid_at_any_input_size(tmp_path):
+    net = build_asdt_net(num_classes=3, backbone="vit_tiny_patch16_224", head_channels=8, skip_channels=0)
+    out = net(torch.zeros(2, 3, 64, 90))  # 90 is not a multiple of 16: padded to a 4 x 6 grid
+    assert out.cams.shape == (2, 3, 4, 6) and out.refine_logits.shape == (2, 4, 4, 6)
+    with pytest.raises(ASDTUserError, match="skip_channels must be 0 for backbone vit_tiny_patch16_224"):
+        build_asdt_net(num_classes=3, backbone="vit_tiny_patch16_224", head_channels=8, skip_channels=8)
+    full = timm.create_model("vit_tiny_patch16_224")  # a classifier's state dict, head included
+    torch.nn.init.normal_(full.pos_embed)
+    torch.save(full.state_dict(), tmp_path / "vit.pth")
+    backbone = build_backbone("vit_tiny_patch16_224", weights=str(tmp_path / "vit.pth"))
+    assert torch.equal(backbone.body.pos_embed, full.pos_embed)

