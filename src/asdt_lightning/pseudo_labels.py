@@ -38,6 +38,7 @@ from .io_utils import atomic_write, atomic_write_text
 from .lit.inference import (
     InferenceParams,
     checkpoint_fusion,
+    checkpoint_normalisation,
     crf_params_from,
     label_maps,
     load_model,
@@ -307,7 +308,7 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     split = cfg["split"]
     module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
     params = dataclasses.replace(params, fusion=checkpoint_fusion(module, cfg["fusion"]))
-    dataset = InferenceImages(reader, split, data["mean"], data["std"])
+    dataset = InferenceImages(reader, split, *checkpoint_normalisation(module, data["mean"], data["std"]))
     out = Path(cfg["out"]).expanduser() if cfg["out"] else default_out_dir(ckpt, split)
     check_manifest(out, export_manifest(cfg, ckpt, params, dataset))
     print(f"exporting {len(dataset)} pseudo masks of '{split}' to {out} ({params.branch}, crf={params.crf})")

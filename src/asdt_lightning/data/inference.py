@@ -51,6 +51,10 @@ class InferenceImages(ReaderView, Dataset):
         self.image_labels = entries.labels or [[] for _ in self.names]
         if require_masks:
             reader.require_masks(split, self.names)
+        self.normalise_as(mean, std)
+
+    def normalise_as(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise images with this ``mean`` / ``std`` (0..1 units, per RGB channel) from now on."""
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
 

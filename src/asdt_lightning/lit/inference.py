@@ -51,6 +51,16 @@ def crf_params_from(values: dict[str, Any] | None) -> CRFParams:
     return params_from(INFERENCE_CRF, values, "crf_params")
 
 
+def checkpoint_normalisation(
+    module: torch.nn.Module, mean: Sequence[float], std: Sequence[float]
+) -> tuple[list[float], list[float]]:
+    """The input normalisation a checkpoint was trained with (its ``image_mean`` / ``image_std``): scoring with
+    another (a pretrained backbone's own scaling, say) would feed the network inputs it never saw. ``mean`` /
+    ``std``: for a module without them."""
+    hparams = getattr(module, "hparams", {})
+    return list(hparams.get("image_mean", mean)), list(hparams.get("image_std", std))
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> the GPU when there is one, else the CPU."""
     if device == "auto":
