@@ -55,6 +55,7 @@ REFUSED = [
     ("dataset.num_workers=-1", "dataset.num_workers must be >= 0"),
     ("trainer.precision=bf17", "trainer.precision=bf17 is not a precision"),
     ("dataset.on_bad_sample=ignore", "dataset.on_bad_sample must be one of error, skip"),
+    ("dataset.resize_long=[384,256]", "dataset.resize_long must be null or [low, high] pixels with 0 < low <= high"),
 ]
 
 

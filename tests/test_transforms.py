@@ -113,6 +113,31 @@ def test_scale_factor_is_drawn_from_the_range():
         build_train_transform(48, scale_range=(1.3, 0.7))
 
 
+def test_resize_long_sets_the_longer_side_whatever_the_photo_size():
+    """Two photos of one scene at different resolutions give crops at the same scale (long side in the range)."""
+    transform = build_train_transform(200, scale_range=(1.0, 1.0), hflip=False, resize_long=(60, 90))
+    for h, w in ((40, 52), (120, 156)):  # the same aspect, 3x the pixels
+        image, mask = coded(h, w, cell=4)
+        sides = set()
+        for seed in range(10):
+            transform.set_random_seed(seed)
+            _, mask_t, valid = apply_transform(transform, image, mask)
+            rows, cols = int(valid.any(1).sum()), int(valid.any(0).sum())
+            assert 60 <= cols <= 90 and abs(rows / cols - h / w) < 0.05  # the longer side is set, aspect kept
+            assert set(mask_t[valid].unique().tolist()) <= {1, 2} and (mask_t[~valid] == 255).all()
+            sides.add(cols)
+        assert len(sides) > 4  # drawn at random, not one size
+    upscale = build_train_transform(96, scale_range=(1.0, 1.0), hflip=False, resize_long=(96, 96))
+    _, _, valid = apply_transform(upscale, *coded(20, 40))
+    assert int(valid.any(0).sum()) == 96 and int(valid.any(1).sum()) == 48  # small photos are enlarged
+
+
+@pytest.mark.parametrize("bad", [(90, 60), (0, 10), (1.5, 3), (64,), 64])
+def test_resize_long_refuses_bad_ranges(bad):
+    with pytest.raises(DatasetError, match="resize_long"):
+        build_train_transform(48, resize_long=bad)
+
+
 def test_val_transform_resizes_the_long_side_and_pads_bottom_right():
     image, mask = coded(40, 80)
     image_t, mask_t, valid = apply_transform(build_val_transform(64), image, mask)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .data.dataset import check_policy
+from .data.transforms import check_resize_long
 from .errors import ASDTUserError
 from .io_utils import is_torch_file
 
@@ -86,6 +87,8 @@ def check_dataset(data: Mapping[str, Any]) -> None:
         not isinstance(scale, Sequence) or len(scale) != 2 or not 0 < float(scale[0]) <= float(scale[1])
     ):
         raise ASDTUserError(f"dataset.scale_range must be [low, high] with 0 < low <= high, got {scale!r}")
+    if data.get("resize_long") is not None:
+        check_resize_long(data["resize_long"])
     check_policy(data.get("on_bad_sample", "error"))
 
 

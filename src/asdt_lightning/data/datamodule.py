@@ -62,12 +62,21 @@ class SegmentationDataModule(ReaderView, L.LightningDataModule):
         seed: int = 0,
         color_jitter: float | Mapping[str, float] = 0.0,
         on_bad_sample: str = "error",
+        resize_long: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.reader = reader
         self.train_list, self.val_list = train_list, val_list
         self.mean, self.std = tuple(mean), tuple(std)
-        self.train_transform = build_train_transform(crop_size, tuple(scale_range), hflip, mean, std, color_jitter)
+        self.train_transform = build_train_transform(
+            crop_size,
+            tuple(scale_range),
+            hflip,
+            mean,
+            std,
+            color_jitter,
+            resize_long=tuple(resize_long) if resize_long is not None else None,
+        )
         self.val_transform = build_val_transform(val_size or crop_size, mean, std)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size

@@ -99,6 +99,7 @@ def build_datamodule(data: Mapping[str, Any], seed: int) -> SegmentationDataModu
         seed=seed,
         color_jitter=data.get("color_jitter", 0.0),
         on_bad_sample=data.get("on_bad_sample", "error"),
+        resize_long=data.get("resize_long"),
     )
     datamodule.check()
     return datamodule

@@ -36,17 +36,31 @@ def build_train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     color_jitter: float | Mapping[str, float] = 0.0,
+    resize_long: tuple[int, int] | None = None,
 ) -> A.Compose:
     """Random scale (bilinear image, nearest masks), pad with ignore, random crop, flip, jitter, normalise.
 
-    The scale factor is uniform in ``scale_range``; the output is ``crop_size`` x ``crop_size``. ``color_jitter``
+    ``resize_long`` (low, high): first resize the longer side to a uniform random length in [low, high] pixels,
+    so that the crop shows the same share of every photo whatever its resolution (PSA's and ToCo's random
+    long-side resize); None: images keep their pixel size. Then the scale factor is uniform in ``scale_range``;
+    the output is ``crop_size`` x ``crop_size``. ``color_jitter``
     is one strength for brightness, contrast and saturation, or a mapping of ``brightness``, ``contrast``,
     ``saturation``, ``hue`` and ``p`` (probability, default 1); all zero: no jitter. Only the image changes.
     """
     low, high = scale_range
     if not 0 < low <= high:
         raise DatasetError(f"dataset.scale_range must be [low, high] with 0 < low <= high, got {scale_range}")
-    steps: list[A.BasicTransform] = [
+    steps: list[A.BasicTransform] = []
+    if resize_long is not None:
+        long_low, long_high = check_resize_long(resize_long)
+        steps.append(
+            A.LongestMaxSize(
+                max_size=list(range(long_low, long_high + 1)),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+            )
+        )
+    steps += [
         A.RandomScale(
             scale_limit=(low - 1.0, high - 1.0),
             interpolation=cv2.INTER_LINEAR,
@@ -63,6 +77,21 @@ def build_train_transform(
         steps.append(A.ColorJitter(**jitter))
     steps.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
     return A.Compose(steps, additional_targets=_TARGETS)
+
+
+def check_resize_long(resize_long: object) -> tuple[int, int]:
+    """``dataset.resize_long`` as (low, high) pixels; anything but two integers 0 < low <= high raises."""
+    if (
+        not isinstance(resize_long, Sequence)
+        or isinstance(resize_long, str | bytes)
+        or len(resize_long) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in resize_long)
+        or not 0 < resize_long[0] <= resize_long[1]
+    ):
+        raise DatasetError(
+            f"dataset.resize_long must be null or [low, high] pixels with 0 < low <= high, got {resize_long!r}"
+        )
+    return int(resize_long[0]), int(resize_long[1])
 
 
 JITTER_KEYS = ("brightness", "contrast", "saturation", "hue", "p")
