@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from torch.utils.data import DataLoader
 
 from asdt_lightning.cli import preflight
 from asdt_lightning.errors import ASDTUserError
-from asdt_lightning.tracking import StepsProgressBar, wandb_logger
+from asdt_lightning.tracking import StepsProgressBar, StepsTQDMProgressBar, wandb_logger
 from asdt_lightning.train import check_config
 from tiny_runs import TINY_RUN
 
@@ -159,6 +162,30 @@ def test_progress_bar_counts_epochs_of_a_max_steps_run():
     bar = StepsProgressBar()
     bar._trainer = SimpleNamespace(max_steps=1200, num_training_batches=75, max_epochs=-1)
     assert bar._get_train_description(3).strip() == "Epoch 3/15"
+
+
+def test_tqdm_progress_bar_counts_epochs_of_a_max_steps_run(tmp_path):
+    trainer = L.Trainer(
+        max_steps=12,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[bar := StepsTQDMProgressBar()],
+        default_root_dir=tmp_path,
+    )
+    seen = []
+    model = BoringModel()
+    model.train_dataloader = lambda: DataLoader(RandomDataset(32, 5), batch_size=1)  # 5 batches: 3 epochs
+    original = bar.on_train_epoch_start
+
+    def spy(trainer, *args):
+        original(trainer, *args)
+        seen.append(bar.train_progress_bar.desc.rstrip(": "))
+
+    bar.on_train_epoch_start = spy
+    trainer.fit(model)
+    assert seen == ["Epoch 0/2", "Epoch 1/2", "Epoch 2/2"]
 
 
 def test_wandb_is_a_dependency_and_starts_without_the_anonymous_warning(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, RichModelSummary, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, RichModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -205,20 +205,36 @@ class ModelSummary(RichModelSummary):
         super().summarize(kept, *args, **kwargs)
 
 
+def epochs_description(trainer: Any, current_epoch: int) -> str | None:
+    """``Epoch 3/15`` for a run bounded by ``max_steps`` (Lightning's bars read ``Epoch 3/-2`` or ``Epoch 3``
+    then), or None when the number of epochs is not known from the steps."""
+    batches = trainer.num_training_batches
+    if trainer.max_steps > 0 and isinstance(batches, int) and batches > 0:
+        epochs = math.ceil(trainer.max_steps / batches)
+        if trainer.max_epochs not in (None, -1):
+            epochs = min(epochs, trainer.max_epochs)
+        return f"Epoch {current_epoch}/{epochs - 1}"
+    return None
+
+
 class StepsProgressBar(RichProgressBar):
-    """The rich progress bar, reading ``Epoch 3/15`` when training is bounded by ``max_steps`` (Lightning's
-    own reads ``Epoch 3/-2`` then)."""
+    """The rich progress bar, reading ``Epoch 3/15`` when training is bounded by ``max_steps``."""
 
     def _get_train_description(self, current_epoch: int) -> str:
-        trainer = self.trainer
-        batches = trainer.num_training_batches
-        if trainer.max_steps > 0 and isinstance(batches, int) and batches > 0:
-            epochs = math.ceil(trainer.max_steps / batches)
-            if trainer.max_epochs not in (None, -1):
-                epochs = min(epochs, trainer.max_epochs)
-            description = f"Epoch {current_epoch}/{epochs - 1}"
-            return f"{description:{len(self.validation_description)}}"
-        return super()._get_train_description(current_epoch)
+        description = epochs_description(self.trainer, current_epoch)
+        if description is None:
+            return super()._get_train_description(current_epoch)
+        return f"{description:{len(self.validation_description)}}"
+
+
+class StepsTQDMProgressBar(TQDMProgressBar):
+    """The tqdm progress bar, reading ``Epoch 3/15`` when training is bounded by ``max_steps``."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        description = epochs_description(trainer, trainer.current_epoch)
+        if description is not None:
+            self.train_progress_bar.set_description(description)
 
 
 def build_loggers(loggers: Mapping[str, Any] | None, config: Mapping[str, Any] | None = None) -> list[Logger]:
@@ -239,8 +255,8 @@ def build_callbacks(
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if tracking.get("panels", 0) > 0:
         callbacks.append(ImagePanelLogger(tracking["panels"], out_dir, tracking.get("panel_tile", 192)))
-    if tracking.get("progress_bar") == "rich" and trainer.get("enable_progress_bar", True):
-        callbacks.append(StepsProgressBar())
+    if trainer.get("enable_progress_bar", True):
+        callbacks.append(StepsProgressBar() if tracking.get("progress_bar") == "rich" else StepsTQDMProgressBar())
     if trainer.get("enable_model_summary", True):
         callbacks.append(ModelSummary(max_depth=tracking.get("summary_depth", 2)))
     return callbacks
