@@ -6,7 +6,8 @@ from asdt_lightning.constants import IGNORE_INDEX
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.lit.callbacks import PWMCallback
 from asdt_lightning.lit.module import ASDTModule
-from asdt_lightning.models.asdt import build_asdt_net
+from asdt_lightning.method.cam import predicted_image_labels
+from asdt_lightning.models.asdt import ASDTOutput, build_asdt_net
 from conftest import CLASS_NAMES, small_module_kwargs
 
 
@@ -272,3 +273,45 @@ def test_kernel_buffers_reused_across_steps_change_no_loss_or_gradient(random_lo
         assert all(torch.equal(a, b) for a, b in zip(grads_r, grads_f, strict=True))
         pointers.add(tuple(sorted((name, b.data_ptr()) for name, b in reused.objective._kernel_buffers.items())))
     assert len(pointers) == 1 and {name for name, _ in next(iter(pointers))} == {"teachers", "pairwise"}
+
+
+class _FixedNet(torch.nn.Module):
+    """Every image: R and S favour class 2 ("bell") over class 1 ("apple"), the classifier predicts "bell", and
+    the CAMs of both are high on the whole image."""
+
+    def forward(self, images):
+        b, _, h, w = images.shape
+        seg = torch.zeros(b, 1 + len(CLASS_NAMES), h // 4, w // 4)
+        seg[:, 1], seg[:, 2] = 2.0, 3.0
+        cams = torch.zeros(b, len(CLASS_NAMES), h // 8, w // 8)
+        cams[:, 0], cams[:, 1] = 1.0, 2.0
+        class_logits = torch.tensor([[-3.0, 4.0, -3.0]]).expand(b, -1)
+        return ASDTOutput(cams, class_logits, seg, seg.clone())
+
+
+def test_validation_scores_with_and_without_the_image_labels():
+    """With the ground-truth classes ({apple}) every branch is right on an all-apple image; without them R, S and
+    fused take the favoured "bell" and the CAM the predicted "bell": all wrong."""
+    module = ASDTModule(**small_module_kwargs())
+    module.net = _FixedNet()
+    images = torch.zeros(2, 3, 32, 32)
+    batch = {"image": images, "labels": torch.tensor([[1.0, 0.0, 0.0]] * 2), "mask": torch.ones(2, 32, 32).long()}
+    module.validation_step(batch, 0)
+    module.log = module.log_dict = lambda *args, **kwargs: None  # no trainer to log to
+    module.on_validation_epoch_end()
+    results = module.val_results
+    assert results["miou"] == {"cam": 1.0, "refine": 1.0, "student": 1.0, "fused": 1.0}
+    assert results["miou_without_image_labels"] == {"cam": 0.0, "refine": 0.0, "student": 0.0, "fused": 0.0}
+    assert results["cam_threshold_without_image_labels"] in module.cam_thresholds
+    module.validation_step(batch, 0)  # the matrices were reset: the same scores again
+    module.on_validation_epoch_end()
+    again = module.val_results
+    assert (
+        again["miou"] == results["miou"] and again["miou_without_image_labels"] == results["miou_without_image_labels"]
+    )
+
+
+def test_predicted_image_labels_keep_the_top_class():
+    logits = torch.tensor([[-5.0, -1.0, -4.0], [2.0, 0.5, -1.0]])
+    assert predicted_image_labels(logits).tolist() == [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    assert predicted_image_labels(logits, threshold=0.9).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]

@@ -182,10 +182,13 @@ def segmentation_scores(
     }
 
 
-def miou_table(results: Mapping[str, float], title: str = "validation mIoU (%)") -> str:
-    """A small markdown table: one row per branch."""
-    lines = [f"| branch | {title} |", "|---|---:|"]
-    lines += [f"| {name} | {100 * value:.2f} |" for name, value in results.items()]
+def miou_table(results: Mapping[str, float], title: str = "validation mIoU (%)", **columns: Mapping[str, float]) -> str:
+    """A small markdown table: one row per branch, a column per setting (``columns``: title -> more results)."""
+    titles = [title, *columns]
+    lines = ["| branch | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
+    for name, value in results.items():
+        cells = [f"{100 * value:.2f}", *(f"{100 * col[name]:.2f}" for col in columns.values())]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

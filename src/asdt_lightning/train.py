@@ -86,7 +86,11 @@ def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
     )
 
 
-BRANCH_SUMMARY = "(CAM at its best background threshold {threshold}; outputs in {out_dir})"
+BRANCH_SUMMARY = (
+    "(with image labels: each image's ground-truth classes, the pseudo-mask setting; without: all classes, the "
+    "segmentation setting, the CAM on the classes its classifier predicts. CAM at its best background threshold "
+    "{threshold}; outputs in {out_dir})"
+)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -127,7 +131,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "backbone": plain["backbone"]["name"],
     }
     finish_run(out_dir, metrics, loggers)
-    table = miou_table({BRANCH_TITLES[k]: v for k, v in metrics["miou"].items()})
+    without = {BRANCH_TITLES[k]: v for k, v in metrics["miou_without_image_labels"].items()}
+    table = miou_table(
+        {BRANCH_TITLES[k]: v for k, v in metrics["miou"].items()},
+        "with image labels (%)",
+        **{"without (%)": without},
+    )
     announce(f"\n{table}\n" + BRANCH_SUMMARY.format(threshold=metrics["cam_threshold"], out_dir=out_dir))
     return metrics
 

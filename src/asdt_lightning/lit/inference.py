@@ -16,6 +16,7 @@ import torch
 from ..constants import IGNORE_INDEX
 from ..errors import ASDTUserError
 from ..method.cam import allowed_labels
+from ..method.cam import predicted_image_labels as labels_from_classifier
 from ..method.crf import INFERENCE_CRF, CRFParams, crf_kernel, mean_field
 from ..method.dense_crf import UNFOLD_BYTES, refine_with_crf
 from ..method.fusion import BRANCH_CHOICES, FUSION_CHOICES, branch_scores, labels_from_scores, tta_outputs
@@ -185,12 +186,9 @@ def model_outputs(
 
 @torch.no_grad()
 def predicted_image_labels(module: L.LightningModule, images: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(B, C) multi-hot image labels from an ASDT classifier: sigmoid score above ``threshold``, and at least the
-    top class (every image holds one); for lists without annotations (VOC test). (B, 3, H, W) images."""
-    logits = module.net(images).class_logits.float()
-    labels = (torch.sigmoid(logits) > threshold).float()
-    labels[torch.arange(len(labels), device=labels.device), logits.argmax(1)] = 1.0
-    return labels
+    """(B, C) multi-hot image labels from an ASDT classifier (``method.cam.predicted_image_labels``), for lists
+    without annotations (VOC test). (B, 3, H, W) images."""
+    return labels_from_classifier(module.net(images).class_logits, threshold)
 
 
 class CRFKernels:

@@ -20,6 +20,7 @@ from ..method.cam import (
     cam_label_maps,
     merge_multiscale_cams,
     normalize_cams,
+    predicted_image_labels,
 )
 from ..method.fusion import FUSION_CHOICES, fuse_branches
 from ..method.label_grid import rgb_at, unnormalize, valid_at
@@ -94,6 +95,9 @@ class ASDTModule(L.LightningModule):
         k = self.net.num_labels
         self.val_confusion = ConfusionMatrices(len(SEGMENTATION_BRANCHES), k, IGNORE_INDEX)
         self.val_cam_confusion = ConfusionMatrices(len(self.cam_thresholds), k, IGNORE_INDEX)
+        # the segmentation setting: R, S and fused over all labels, the CAM on the classifier's predicted labels
+        self.val_open_confusion = ConfusionMatrices(len(SEGMENTATION_BRANCHES), k, IGNORE_INDEX)
+        self.val_open_cam_confusion = ConfusionMatrices(len(self.cam_thresholds), k, IGNORE_INDEX)
         self.teacher_step = -1  # global step for which ``teacher_source`` was set
         self.teacher_source = 0
         self.val_results: dict[str, Any] = {}
@@ -160,19 +164,27 @@ class ASDTModule(L.LightningModule):
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=batch_size)
         return loss
 
-    def branch_probabilities(self, images: torch.Tensor, image_labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-branch outputs at the input resolution, restricted to the image's labels.
+    def branch_probabilities(
+        self,
+        images: torch.Tensor,
+        image_labels: torch.Tensor,
+        out: ASDTOutput | None = None,
+        restrict: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Per-branch outputs at the input resolution.
 
-        Returns ``cam``: (B, C, H, W) normalised CAMs, and ``refine``/``student``/``fused``: (B, K, H, W)
-        probabilities (fused: ``method.fusion.fuse_branches`` of R's and S's softmax with ``fusion``).
+        Returns ``cam``: (B, C, H, W) CAMs normalised over ``image_labels`` (B, C), and ``refine``/``student``/
+        ``fused``: (B, K, H, W) probabilities (fused: ``method.fusion.fuse_branches`` of R's and S's softmax with
+        ``fusion``), over the image's labels, or over all labels with ``restrict=False``. ``out``: the network's
+        output for ``images``, if already computed.
         """
-        out = self.net(images)
+        out = self.net(images) if out is None else out
         size = images.shape[-2:]
-        allowed = allowed_labels(image_labels, self.has_background)[:, :, None, None]
+        allowed = allowed_labels(image_labels, self.has_background)[:, :, None, None] if restrict else None
 
         def probs(logits: torch.Tensor) -> torch.Tensor:
             logits = F.interpolate(logits.float(), size, mode="bilinear", align_corners=False)
-            return torch.softmax(logits.masked_fill(~allowed, float("-inf")), 1)
+            return torch.softmax(logits if allowed is None else logits.masked_fill(~allowed, float("-inf")), 1)
 
         cams = F.interpolate(out.cams.float(), size, mode="bilinear", align_corners=False)
         refine, student = probs(out.refine_logits), probs(out.student_logits)
@@ -180,28 +192,48 @@ class ASDTModule(L.LightningModule):
         return {"cam": normalize_cams(cams, image_labels), "refine": refine, "student": student, "fused": fused}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Both settings of the literature: with the image's ground-truth classes (pseudo masks), and without
+        (segmentation: R, S and fused over all labels, the CAM over the classes the classifier predicts)."""
         images, image_labels, masks = batch["image"], batch["labels"], batch["mask"]
-        outputs = self.branch_probabilities(images, image_labels)
-        self.val_confusion.update(torch.stack([outputs[b].argmax(1) for b in SEGMENTATION_BRANCHES]), masks)
+        out = self.net(images)
         thresholds = self.cam_thresholds if self.has_background else None
-        self.val_cam_confusion.update(cam_label_maps(outputs["cam"], image_labels, thresholds), masks)
+        predicted = predicted_image_labels(out.class_logits)
+        for labels, restrict, confusion, cam_confusion in (
+            (image_labels, True, self.val_confusion, self.val_cam_confusion),
+            (predicted, False, self.val_open_confusion, self.val_open_cam_confusion),
+        ):
+            outputs = self.branch_probabilities(images, labels, out, restrict)
+            confusion.update(torch.stack([outputs[b].argmax(1) for b in SEGMENTATION_BRANCHES]), masks)
+            cam_confusion.update(cam_label_maps(outputs["cam"], labels, thresholds), masks)
 
-    def on_validation_epoch_end(self) -> None:
-        cam_ious = [iou_from_confusion(c) for c in self.val_cam_confusion.compute()]
+    def validation_scores(
+        self, confusion: ConfusionMatrices, cam_confusion: ConfusionMatrices
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """Per-class IoU of every branch (the CAM at its best threshold) and that threshold's index; resets both."""
+        cam_ious = [iou_from_confusion(c) for c in cam_confusion.compute()]
         best = max(range(len(cam_ious)), key=lambda i: float(torch.nanmean(cam_ious[i])))
         per_class = {"cam": cam_ious[best]}
-        for branch, confusion in zip(SEGMENTATION_BRANCHES, self.val_confusion.compute(), strict=True):
-            per_class[branch] = iou_from_confusion(confusion)
-        self.val_confusion.reset()
-        self.val_cam_confusion.reset()
+        for branch, matrix in zip(SEGMENTATION_BRANCHES, confusion.compute(), strict=True):
+            per_class[branch] = iou_from_confusion(matrix)
+        confusion.reset()
+        cam_confusion.reset()
+        return per_class, best
+
+    def on_validation_epoch_end(self) -> None:
+        per_class, best = self.validation_scores(self.val_confusion, self.val_cam_confusion)
+        open_class, open_best = self.validation_scores(self.val_open_confusion, self.val_open_cam_confusion)
         miou = {b: float(torch.nanmean(per_class[b])) for b in BRANCHES}
+        miou_open = {b: float(torch.nanmean(open_class[b])) for b in BRANCHES}
         names = label_names(self.class_names, self.has_background)
         self.val_results = {
             "miou": miou,
             "cam_threshold": self.cam_thresholds[best],
             "per_class_iou": {b: dict(zip(names, v.tolist(), strict=True)) for b, v in per_class.items()},
+            "miou_without_image_labels": miou_open,
+            "cam_threshold_without_image_labels": self.cam_thresholds[open_best],
         }
         self.log_dict({f"val/miou_{b}": v for b, v in miou.items()}, prog_bar=False)
+        self.log_dict({f"val/miou_{b}_without_image_labels": v for b, v in miou_open.items()}, prog_bar=False)
         self.log("val/cam_threshold", self.cam_thresholds[best])
         self.log("val_miou", miou["fused"], prog_bar=True, logger=False)
 

@@ -86,6 +86,14 @@ def allowed_labels(image_labels: torch.Tensor, has_background: bool) -> torch.Te
     return torch.cat([torch.ones_like(present[:, :1]), present], 1)
 
 
+def predicted_image_labels(class_logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(B, C) classifier logits -> (B, C) multi-hot image labels: sigmoid score above ``threshold``, and at least
+    the top class (every image holds one). What stands in for the image labels where there are none."""
+    labels = (torch.sigmoid(class_logits.float()) > threshold).float()
+    labels[torch.arange(len(labels), device=labels.device), class_logits.argmax(1)] = 1.0
+    return labels
+
+
 def cam_label_maps(
     norm_cams: torch.Tensor, image_labels: torch.Tensor, bg_thresholds: Sequence[float] | None
 ) -> torch.Tensor:
