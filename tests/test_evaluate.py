@@ -12,6 +12,7 @@ from asdt_lightning.data.voc import read_mask, write_mask_png
 from asdt_lightning.errors import ASDTUserError
 from asdt_lightning.evaluate import run_evaluate
 from asdt_lightning.metrics import mean_iou
+from asdt_lightning.models.asdt import ASDTOutput
 from wsss_helpers import compose_plain, numpy_miou, save_asdt_checkpoint, tiny_reader
 
 FAST = ["num_workers=0", "progress=false", "crf_params.iterations=2", "crf_params.window=5"]
@@ -210,3 +211,47 @@ def test_a_checkpoint_is_scored_with_the_input_normalisation_it_was_trained_with
     imagenet = evaluate("imagenet")
     assert imagenet == evaluate("imagenet_tf", *tf_scaling)  # the config's values do not override the checkpoint's
     assert imagenet != tf_default  # and the normalisation changes what the network sees
+
+
+class _FavoursOneClass(torch.nn.Module):
+    """R and S favour label 2 everywhere, next label 1; the classifier predicts class 2 (label 2) only."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, images):
+        b, _, h, w = images.shape
+        seg = torch.zeros(b, self.num_classes + 1, -(-h // 4), -(-w // 4))
+        seg[:, 1], seg[:, 2] = 2.0, 3.0
+        cams = torch.rand(b, self.num_classes, -(-h // 8), -(-w // 8))
+        class_logits = torch.full((b, self.num_classes), -5.0)
+        class_logits[:, 1] = 5.0
+        return ASDTOutput(cams, class_logits, seg, seg.clone())
+
+
+def test_without_image_labels_every_branch_scores_the_segmentation_setting(tmp_path, monkeypatch):
+    """``image_labels=false``: R, S and fused take the favoured label on every image, whatever its classes, and
+    the CAM only the class its classifier predicts; with the labels, each image's own classes only."""
+    import asdt_lightning.evaluate as evaluate_module
+
+    real_load = evaluate_module.load_model
+
+    def load_fixed(*args, **kwargs):
+        module = real_load(*args, **kwargs)
+        module.net = _FavoursOneClass(len(module.class_names))
+        return module
+
+    monkeypatch.setattr(evaluate_module, "load_model", load_fixed)
+    ckpt = save_asdt_checkpoint(tmp_path / "last.ckpt")
+    given = [f"ckpt={ckpt}", "figure=false", "limit=6", "crfs=[none]", *FAST]
+    with_labels = run_evaluate(compose_plain("evaluate", f"out={tmp_path / 'a'}", *given))
+    without = run_evaluate(compose_plain("evaluate", f"out={tmp_path / 'b'}", *given, "image_labels=false"))
+    assert (with_labels["params"]["image_labels"], without["params"]["image_labels"]) == (True, False)
+    for branch in ("refine", "student", "fused"):
+        predicted = torch.tensor(without["results"][branch]["none"]["confusion"]).sum(0)
+        assert predicted[2] == predicted.sum() > 0  # label 2 everywhere
+        restricted = torch.tensor(with_labels["results"][branch]["none"]["confusion"]).sum(0)
+        assert restricted[2] < restricted.sum()  # images without class 2 get their own classes
+    cam = torch.tensor(without["results"]["cam"]["none"]["confusion"]).sum(0)
+    assert cam[0] + cam[2] == cam.sum()  # background or the predicted class

@@ -8,8 +8,10 @@
 Scores follow the VOC benchmark: one confusion matrix over all pixels of the split at each image's original
 size, background included, ground-truth 255 ignored, IoU = TP / (TP + FP + FN) per class, mean over the classes
 present in the ground truth or the prediction. A predicted 255 (an unlabelled pseudo-mask pixel) counts as a miss.
-ASDT branches are restricted to each image's ground-truth classes (the pseudo-mask setting); the CAM is scored at
-its best background threshold on the split unless ``cam_threshold`` is given. Writes ``results.json``,
+ASDT branches are restricted to each image's ground-truth classes (the pseudo-mask setting); with
+``image_labels=false`` they are not (the segmentation setting that one-stage papers report: R, S and fused over all
+classes, the CAM over the classes its classifier predicts). The CAM is scored at its best background threshold on
+the split unless ``cam_threshold`` is given. Writes ``results.json``,
 ``results.md`` and a confusion-matrix figure per entry to ``out`` (default: the Hydra run folder).
 """
 
@@ -46,6 +48,7 @@ from .lit.inference import (
     label_maps,
     load_model,
     model_outputs,
+    predicted_image_labels,
     resolve_device,
 )
 from .method.cam import CAM_THRESHOLDS, cam_label_maps
@@ -119,7 +122,9 @@ def forward_batch(
 ) -> ScoredBatch:
     """The network's maps of one collated batch (one forward per scale and flip), ready for scoring."""
     images, labels = batch["image"].to(device), batch["labels"].to(device)
-    outputs = model_outputs(module, images, labels, params.scales, params.flip)
+    if not params.restrict and hasattr(module, "branch_probabilities"):  # the segmentation setting
+        labels = predicted_image_labels(module, images)
+    outputs = model_outputs(module, images, labels, params.scales, params.flip, params.restrict)
     return ScoredBatch(outputs, batch["rgb"].to(device), labels, batch["mask"], list(batch["size"]), CRFKernels())
 
 
@@ -462,6 +467,7 @@ def evaluate_params(cfg: dict[str, Any]) -> InferenceParams:
         flip=bool(cfg["flip"]),
         crf_params=crf_params_from(cfg["crf_params"]),
         cam_threshold=None if cfg["cam_threshold"] is None else float(cfg["cam_threshold"]),
+        restrict=bool(cfg["image_labels"]),
     )
 
 
@@ -486,7 +492,7 @@ def checkpoint_report(
     dataset.normalise_as(*checkpoint_normalisation(module, cfg["dataset"]["mean"], cfg["dataset"]["std"]))
     kind = "asdt" if hasattr(module, "branch_probabilities") else "segmenter"  # as checkpoint_kind said
     subset = Subset(dataset, range(min(int(limit), len(dataset)))) if limit else dataset
-    used: dict[str, Any] = {"scales": list(params.scales), "flip": params.flip}
+    used: dict[str, Any] = {"scales": list(params.scales), "flip": params.flip, "image_labels": params.restrict}
     if kind == "asdt":
         used["fusion"] = params.fusion  # the fused branch's title names it
     scores = evaluate_model(
@@ -518,7 +524,8 @@ def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
         report.update(checkpoint_report(cfg, dataset, branches, crfs))
     write_report(report, out, bool(cfg["figure"]))
     print(summary_table(report["results"], report_fusion(report)))
-    print(f"({report['images']} images of '{split}'; results in {out})")
+    setting = "" if report.get("params", {}).get("image_labels", True) else ", without image labels"
+    print(f"({report['images']} images of '{split}'{setting}; results in {out})")
     return report
 
 

@@ -35,6 +35,7 @@ class InferenceParams:
     crf_params: CRFParams = field(default_factory=lambda: INFERENCE_CRF)
     confidence: float = 0.0  # pixels whose winning share is below this -> 255
     cam_threshold: float | None = None  # background score of the CAM branch (required for branch=cam)
+    restrict: bool = True  # R, S, fused over the image's labels; False: over all labels (the segmentation setting)
 
     def __post_init__(self) -> None:
         if self.branch not in BRANCH_CHOICES:
@@ -163,17 +164,23 @@ def checkpoint_fusion(module: torch.nn.Module, fusion: str | None = None) -> str
 
 @torch.no_grad()
 def model_outputs(
-    module: L.LightningModule, images: torch.Tensor, image_labels: torch.Tensor, scales: Sequence[float], flip: bool
+    module: L.LightningModule,
+    images: torch.Tensor,
+    image_labels: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    restrict: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Per-branch maps at the input resolution, averaged over scales and flips.
 
-    ASDT: ``cam`` (B, C, H, W) normalised CAMs, ``refine`` and ``student`` (B, K, H, W) softmax, restricted to the
-    image's labels. Second stage: ``segmenter`` (B, K, H, W) softmax over all labels.
+    ASDT: ``cam`` (B, C, H, W) CAMs normalised over ``image_labels``, ``refine`` and ``student`` (B, K, H, W)
+    softmax over the image's labels (``restrict=False``: over all labels). Second stage: ``segmenter``
+    (B, K, H, W) softmax over all labels.
     """
     if hasattr(module, "branch_probabilities"):
 
         def predict(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            out = module.branch_probabilities(x, image_labels)
+            out = module.branch_probabilities(x, image_labels, restrict=restrict)
             return {k: out[k] for k in ("cam", "refine", "student")}
 
     else:
@@ -318,6 +325,8 @@ def label_maps(
         threshold = params.cam_threshold if has_background else None
         scores = branch_scores(outputs, image_labels, params.branch, params.fusion, threshold)
         allowed = allowed_labels(image_labels, has_background)
+        if not params.restrict and params.branch != "cam":
+            allowed = torch.ones_like(allowed)
     scores = crf_per_image_group(params.crf, rgb.float(), scores, params.crf_params, allowed, sizes, kernels)
     labels, conf = labels_from_scores(scores, params.confidence)
     for i, (h, w) in enumerate(sizes):
