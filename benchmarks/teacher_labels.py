@@ -10,7 +10,8 @@ grids (and the exact dense CRF when ``pydensecrf2`` is installed), and scored ag
   of an object, the margin R must learn to leave (a margin with no background labels teaches R to grow blobs);
   fg labelled background: foreground pixels labelled background, what a generous background costs.
 
-``--alpha-high`` compares teacher A's generous background power (``model.teacher_a.alpha_high``) at several values.
+``--alpha-high`` compares teacher A's generous background power (``model.teacher_a.alpha_high``) at several values,
+``--background power otsu`` its background rules (``model.teacher_a.background``).
 
     python -m benchmarks.teacher_labels --ckpt outputs/<run>/checkpoints/last.ckpt [--images 160] [--md out.md]
     python -m benchmarks.teacher_labels --ckpt ... --grids 2 --alpha-high 8 32
@@ -118,12 +119,17 @@ def dense_crf_patch() -> Any:
 
 
 def variants(
-    base: TeacherAParams, grids: list[int], dense: bool, alphas_high: list[float] | None = None
+    base: TeacherAParams,
+    grids: list[int],
+    dense: bool,
+    alphas_high: list[float] | None = None,
+    backgrounds: list[str] | None = None,
 ) -> list[tuple[str, int, TeacherAParams, bool]]:
     """(name, label-grid multiple of the logits, params, exact dense CRF) for every configuration compared."""
     out = []
-    for up, alpha in itertools.product(grids, alphas_high or [base.alpha_high]):
-        params = dataclasses.replace(base, alpha_high=alpha)
+    settings = itertools.product(grids, alphas_high or [base.alpha_high], backgrounds or [base.background])
+    for up, alpha, background in settings:
+        params = dataclasses.replace(base, alpha_high=alpha, background=background)
         crf = params.crf
         no_crf = dataclasses.replace(params, crf=dataclasses.replace(crf, iterations=0))
         out.append(("none (CAM thresholds only)", up, no_crf, False))
@@ -150,7 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = list(itertools.islice(loader, -(-args.images // batch_size)))
     dense = dense_crf_patch() if not args.no_dense else None
     rows = []
-    for name, up, params, exact in variants(module.teacher_a, args.grids, dense is not None, args.alpha_high):
+    settings = variants(module.teacher_a, args.grids, dense is not None, args.alpha_high, args.background)
+    for name, up, params, exact in settings:
         counts = np.zeros(len(SCORE_KEYS), dtype=np.int64)
         for batch in batches:
             images, image_labels = batch["image"], batch["labels"]
@@ -187,7 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 cam_method.mean_field, cam_method.crf_kernel = saved
             counts += label_scores(labels, batch["mask"], step)
-        rows.append({"crf": name, "grid": f"{size[0]}x{size[1]}", "alpha_high": params.alpha_high, **score_row(counts)})
+        background = "otsu" if params.background == "otsu" else f"power {params.alpha_high:g}"
+        rows.append({"crf": name, "grid": f"{size[0]}x{size[1]}", "background": background, **score_row(counts)})
         print(rows[-1], flush=True)
     images = sum(len(b["name"]) for b in batches)
     return {"machine": machine_info(), "command": args.command, "ckpt": str(args.ckpt), "images": images, "rows": rows}
@@ -196,10 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     keys = ("fg_precision", "fg_recall", "fg_on_background", "bg_recall", "bg_recall_near_objects")
     keys += ("fg_labelled_background", "labelled")
-    rows = [
-        [r["crf"], r["grid"], f"{r['alpha_high']:g}", *(f"{100 * r[k]:.1f}%" for k in keys)] for r in result["rows"]
-    ]
-    header = ["teacher A's CRF", "label grid", "alpha_high", "fg precision", "fg recall", "fg labels on background"]
+    rows = [[r["crf"], r["grid"], r["background"], *(f"{100 * r[k]:.1f}%" for k in keys)] for r in result["rows"]]
+    header = ["teacher A's CRF", "label grid", "background", "fg precision", "fg recall", "fg labels on background"]
     header += ["bg recall", f"bg recall within {NEAR_OBJECT_PX:g} px of objects", "fg labelled background"]
     header += ["labelled"]
     return (
@@ -216,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--grids", type=int, nargs="+", default=[1, 2, 8], help="label grid, multiples of the logits")
     p.add_argument(
         "--alpha-high", type=float, nargs="+", default=None, help="teacher A's alpha_high values (default: the run's)"
+    )
+    p.add_argument(
+        "--background", nargs="+", default=None, choices=["power", "otsu"], help="teacher A's background rules"
     )
     p.add_argument("--no-dense", action="store_true", help="skip the exact dense CRF even if pydensecrf2 is here")
     p.add_argument("--md", type=Path, default=None)

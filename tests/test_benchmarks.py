@@ -176,14 +176,15 @@ def test_teacher_label_quality_table_scores_every_crf(tmp_path):
     ckpt = save_asdt_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     data = compose_plain("pseudo_labels", "ckpt=unused", "dataset.val_size=48")["dataset"]  # the run's dataset
     (tmp_path / "run" / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"dataset": data})))
-    result = teacher_labels.main(
-        ["--ckpt", str(ckpt), "--images", "4", "--grids", "1", "--no-dense", "--md", str(tmp_path / "t.md")]
-    )
+    args = ["--ckpt", str(ckpt), "--images", "4", "--grids", "1", "--no-dense", "--md", str(tmp_path / "t.md")]
+    result = teacher_labels.main([*args, "--background", "power", "otsu"])
     assert [r["crf"].split(",")[0] for r in result["rows"]] == [
         "none (CAM thresholds only)",
         "local",
         "fully connected",
-    ]
+    ] * 2
+    backgrounds = [r["background"] for r in result["rows"]]
+    assert all(b.startswith("power ") for b in backgrounds[:3]) and backgrounds[3:] == ["otsu"] * 3
     for row in result["rows"]:
         assert 0 <= row["fg_precision"] <= 1 and 0 <= row["fg_recall"] <= 1 and 0 <= row["labelled"] <= 1
     assert result["images"] == 4 and "fg precision" in (tmp_path / "t.md").read_text()

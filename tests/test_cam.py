@@ -1,5 +1,6 @@
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +12,7 @@ from asdt_lightning.method.cam import (
     cam_label_maps,
     merge_multiscale_cams,
     normalize_cams,
+    otsu_thresholds,
     refinement_teacher_labels,
     reliable_cam_labels,
 )
@@ -170,3 +172,37 @@ def test_refinement_teacher_labels_stay_within_the_image_classes():
     assert set(y.unique().tolist()) <= {0, 2}
     strict = refinement_teacher_labels(img, probs, labels, CRFParams(iterations=3, window=5), confidence=0.999)
     assert (strict == IGNORE_INDEX).sum() > (y == IGNORE_INDEX).sum()
+
+
+def test_otsu_thresholds_split_each_image_between_its_two_modes():
+    low, high = torch.full((1, 8, 8), 0.15), torch.full((1, 8, 8), 0.75)
+    values = torch.cat([torch.cat([low, high], 2), torch.cat([high * 0 + 0.05, high * 0 + 0.35], 2)])  # (2, 8, 16)
+    t = otsu_thresholds(values)
+    assert t.shape == (2,)
+    assert 0.15 < t[0] <= 0.75 and 0.05 < t[1] <= 0.35  # per image, between its own modes
+    valid = torch.ones(2, 8, 16, dtype=torch.bool)
+    valid[:, :, :8] = False  # only one mode left: the cut is not pulled towards the masked-out values
+    values[0, :, 8:12] = 0.55
+    assert 0.55 < otsu_thresholds(values, valid)[0] <= 0.75
+    assert otsu_thresholds(values, torch.zeros_like(valid)).tolist() == [0.5, 0.5]  # nothing valid
+
+
+def test_otsu_background_labels_the_rim_of_a_wide_cam_that_the_power_rule_leaves_unlabelled():
+    img, _, labels = scene()
+    cam = torch.full((H, W), 0.4)  # a pretrained backbone's wide CAM: 0.4 all over the background ...
+    cam[5:11, 5:11] = 1.0  # ... and its peak on the object
+    norm = torch.stack([cam, torch.zeros(H, W)])[None]
+    rim = torch.zeros(H, W, dtype=torch.bool)
+    rim[:2], rim[-2:], rim[:, :2], rim[:, -2:] = True, True, True, True
+    power = reliable_cam_labels(img, norm, labels, PARAMS)[0]
+    otsu = reliable_cam_labels(img, norm, labels, dataclasses.replace(PARAMS, background="otsu"))[0]
+    assert (power[rim] == 0).float().mean() < 0.5
+    assert (otsu[rim] == 0).float().mean() > 0.9
+    assert otsu[7, 7] == 1 and torch.all(otsu[5:11, 5:11] != 0)  # the object stays foreground
+
+
+def test_teacher_a_refuses_an_unknown_background_rule_or_margin():
+    with pytest.raises(ValueError, match="background must be one of power, otsu"):
+        TeacherAParams(background="mean")
+    with pytest.raises(ValueError, match="otsu_margin"):
+        TeacherAParams(otsu_margin=0.5)

@@ -17,6 +17,7 @@ from ..constants import IGNORE_INDEX  # also importable from here, as before
 from .crf import CRFParams, crf_kernel, mean_field
 
 CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # background scores the CAM is scored at
+BACKGROUNDS = ("power", "otsu")  # how teacher A scores the background (TeacherAParams.background)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ class TeacherAParams:
     bg_score_threshold: float = 0.0  # keep a background pixel only if (1 - max_fg) ** alpha_high > this; released: 0.8
     crf_confidence: float = 0.8  # and only where the CRF's probability of the label is at least this
     crf: CRFParams = field(default_factory=CRFParams)
+    background: str = "power"  # power: (1 - max cam) ** alpha_low/high; otsu: per-image powers (crossing_power)
+    otsu_margin: float = 0.1  # otsu: conservative CRF's bg score meets the CAM at t + this, the generous at t - this
+
+    def __post_init__(self) -> None:
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
+        if not 0 <= self.otsu_margin < 0.5:
+            raise ValueError(f"otsu_margin must lie in [0, 0.5), got {self.otsu_margin}")
 
 
 def merge_multiscale_cams(cams: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
@@ -64,18 +73,45 @@ def normalize_cams(cams: torch.Tensor, image_labels: torch.Tensor, eps: float = 
     return cams / (peak + eps)
 
 
-def background_score(norm_cams: torch.Tensor, power: float) -> torch.Tensor:
-    """(B, C, h, w) normalised CAMs -> (B, 1, h, w) background score ``(1 - max_c cam_c) ** power``."""
+def background_score(norm_cams: torch.Tensor, power: float | torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) normalised CAMs -> (B, 1, h, w) background score ``(1 - max_c cam_c) ** power``
+    (``power``: a number or a (B, 1, 1, 1) tensor, one per image)."""
     if norm_cams.shape[1] == 0:
         return norm_cams.new_ones(norm_cams.shape[0], 1, *norm_cams.shape[2:])
     return (1 - norm_cams.amax(1, keepdim=True)).clamp_min(0) ** power
 
 
-def cam_scores(norm_cams: torch.Tensor, has_background: bool, bg_power: float) -> torch.Tensor:
+def cam_scores(norm_cams: torch.Tensor, has_background: bool, bg_power: float | torch.Tensor) -> torch.Tensor:
     """Per-label scores from normalised CAMs: (B, C, h, w) -> (B, K, h, w), K = C + has_background."""
     if not has_background:
         return norm_cams
     return torch.cat([background_score(norm_cams, bg_power), norm_cams], 1)
+
+
+def otsu_thresholds(values: torch.Tensor, valid: torch.Tensor | None = None, bins: int = 64) -> torch.Tensor:
+    """Otsu's threshold of each image's values in [0, 1]: the cut that maximises the between-class variance of
+    the histogram (the middle of the gap where several cuts tie). (B, h, w) values, optional (B, h, w) bool valid
+    -> (B,) thresholds (0.5 for an empty image)."""
+    flat = values.flatten(1).float().clamp(0, 1)
+    weight = torch.ones_like(flat) if valid is None else valid.flatten(1).float()
+    index = (flat * bins).long().clamp_max(bins - 1)
+    hist = torch.zeros(flat.shape[0], bins, device=flat.device).scatter_add_(1, index, weight)
+    p = hist / hist.sum(1, keepdim=True).clamp_min(1)
+    centres = (torch.arange(bins, device=flat.device, dtype=flat.dtype) + 0.5) / bins
+    w0 = p.cumsum(1)
+    mu0 = (p * centres).cumsum(1)
+    between = (mu0[:, -1:] * w0 - mu0) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
+    ties = between >= between.amax(1, keepdim=True) * (1 - 1e-6)  # an empty range between two modes ties
+    first, last = ties.float().argmax(1), bins - 1 - ties.flip(1).float().argmax(1)
+    thresholds = ((first + last).to(flat.dtype) / 2 + 1) / bins  # the middle of the tied cuts' range
+    return torch.where(hist.sum(1) > 0, thresholds, torch.full_like(thresholds, 0.5))
+
+
+def crossing_power(crossing: torch.Tensor) -> torch.Tensor:
+    """The background power at which ``(1 - cam) ** power`` equals ``cam`` at ``cam = crossing``: where the
+    background score and a class's CAM tie. (...) crossings, clamped to [0.02, 0.98] -> powers of that shape."""
+    c = crossing.clamp(0.02, 0.98)
+    return torch.log(c) / torch.log1p(-c)
 
 
 def allowed_labels(image_labels: torch.Tensor, has_background: bool) -> torch.Tensor:
@@ -146,7 +182,10 @@ def reliable_cam_labels(
     """Teacher A: reliable-region pseudo labels from normalised CAMs, refined by two CRFs.
 
     With background: the conservative (low-alpha) CRF's argmax gives the label, its background becomes
-    ignore, and the generous (high-alpha) CRF's background becomes background; a foreground pixel is kept
+    ignore, and the generous (high-alpha) CRF's background becomes background (``background="otsu"``: instead
+    of the fixed powers, per-image powers whose background score crosses the CAM at ``t + otsu_margin`` and
+    ``t - otsu_margin``, ``t`` the image's Otsu threshold of its max CAM, so the split follows the CAMs' own
+    spread, e.g. the wide CAMs of a pretrained backbone); a foreground pixel is kept
     only if its CAM clears its class's percentile threshold, a background pixel only if its background
     score clears ``bg_score_threshold``, and any pixel only where its CRF is confident.
     Without background: argmax of the CRF over the image's classes, with the same foreground filtering.
@@ -168,12 +207,19 @@ def reliable_cam_labels(
     if kernel is None:  # one kernel for both background powers
         kernel = crf_kernel(image, params.crf, pixel_step)
 
-    def crf(alpha: float) -> torch.Tensor:
+    alpha_low: float | torch.Tensor = params.alpha_low
+    alpha_high: float | torch.Tensor = params.alpha_high
+    if has_background and params.background == "otsu":  # per-image powers from the CAMs' own spread
+        otsu = otsu_thresholds(norm_cams.amax(1), valid)[:, None, None, None]  # (B, 1, 1, 1)
+        alpha_low = crossing_power(otsu + params.otsu_margin)
+        alpha_high = crossing_power(otsu - params.otsu_margin)
+
+    def crf(alpha: float | torch.Tensor) -> torch.Tensor:
         scores = cam_scores(norm_cams, has_background, alpha)
         probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
         return mean_field(probs, kernel, params.crf, allowed=allowed)
 
-    probs_low = crf(params.alpha_low)
+    probs_low = crf(alpha_low)
     confidence, labels = probs_low.max(1)
 
     fg = labels >= offset  # every label is foreground without a background class
@@ -184,9 +230,9 @@ def reliable_cam_labels(
     labels = labels.masked_fill(~keep, IGNORE_INDEX)
 
     if has_background:
-        probs_high = crf(params.alpha_high)
+        probs_high = crf(alpha_high)
         bg_conf, high_labels = probs_high.max(1)
-        bg_score = background_score(norm_cams, params.alpha_high)[:, 0]
+        bg_score = background_score(norm_cams, alpha_high)[:, 0]
         bg = (high_labels == 0) & (bg_conf >= params.crf_confidence) & (bg_score > params.bg_score_threshold)
         labels = labels.masked_fill(bg, 0)
     if valid is not None:
