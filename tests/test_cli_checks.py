@@ -40,7 +40,7 @@ REFUSED = [
         "backbone=resnet7",
         "backbone=resnet7: no such option; choose one of: convnext_tiny, deit_base, efficientnet_lite0",
     ),
-    ("dataset=cityscapes", "dataset=cityscapes: no such option; choose one of: coco_stuff, synthetic, voc"),
+    ("dataset=cityscapes", "dataset=cityscapes: no such option; choose one of: coco, coco_stuff, synthetic, voc"),
     ("pwm.dutty=0.5", "unknown key pwm.dutty; pwm has: duty, period, phase, warmup; did you mean pwm.duty?"),
     ("+pwm.dutty=0.5", "unknown key pwm.dutty (added with +)"),
     ("+model.loss.clss=2", "did you mean model.loss.cls?"),

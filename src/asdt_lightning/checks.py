@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .data.coco import check_settings as check_coco_settings
+from .data.coco import require_pycocotools
 from .data.dataset import check_policy
 from .data.transforms import check_resize_long
 from .errors import ASDTUserError
@@ -90,6 +92,16 @@ def check_dataset(data: Mapping[str, Any]) -> None:
     if data.get("resize_long") is not None:
         check_resize_long(data["resize_long"])
     check_policy(data.get("on_bad_sample", "error"))
+    if data.get("name") == "coco":
+        check_coco_settings(
+            data.get("year"),
+            data.get("source"),
+            data.get("png_ids"),
+            data.get("label_source"),
+            data.get("min_label_pixels"),
+        )
+        if data.get("source") == "instances":
+            require_pycocotools()
 
 
 def check_resume_checkpoint(

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ASDTUserError, DatasetError
 from ..io_utils import cache_dir
+from .coco import COCO_CLASSES, CocoReader
 from .coco_stuff import CocoStuffReader, coco_stuff_class_names
 from .datamodule import SegmentationDataModule
 from .dataset import SegmentationReader
@@ -21,6 +22,7 @@ DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "voc": tuple(VOC_CLASSES),
     "synthetic": tuple(SYNTHETIC_CLASSES),
     "coco_stuff": tuple(coco_stuff_class_names(171)),
+    "coco": COCO_CLASSES,
 }
 
 
@@ -58,6 +60,21 @@ def build_reader(data: Mapping[str, Any]) -> SegmentationReader:
             class_names=class_names,
             label_cache=data.get("label_cache"),
             min_label_pixels=int(data.get("min_label_pixels", 1)),
+            workers=int(data.get("num_workers", 0)),
+        )
+    if name == "coco":
+        return CocoReader(
+            data["root"],
+            year=int(data.get("year", 2014)),
+            source=str(data.get("source", "auto")),
+            class_names=class_names,
+            image_dir=data.get("image_dir"),
+            annotation_dir=data.get("annotation_dir"),
+            mask_dir=data.get("mask_dir"),
+            label_cache=data.get("label_cache"),
+            min_label_pixels=int(data.get("min_label_pixels", 1)),
+            label_source=str(data.get("label_source", "mask")),
+            png_ids=str(data.get("png_ids", "contiguous")),
             workers=int(data.get("num_workers", 0)),
         )
     if name == "synthetic":
