@@ -581,6 +581,8 @@ def markdown(result: dict[str, Any]) -> str:
 def _crf(c: dict[str, Any]) -> str:
     if c.get("connectivity", "local") == "full":
         return f"(fully connected, {c['iterations']} iterations)"
+    if c.get("connectivity") in ("attention", "auto"):
+        return f"(fully connected by {c['connectivity']}, {c['iterations']} iterations)"
     return f"(window {c['window']}, {c['iterations']} iterations)"
 
 

@@ -22,7 +22,15 @@ from .cam import (
     refinement_teacher_labels,
     reliable_cam_labels,
 )
-from .crf import INFERENCE_CRF, CRFParams, check_connectivity, crf_kernel, kernel_buffer, mean_field
+from .crf import (
+    INFERENCE_CRF,
+    CRFParams,
+    check_connectivity,
+    crf_kernel,
+    kernel_buffer,
+    mean_field,
+    resolve_connectivity,
+)
 from .label_grid import label_grid_size, maps_at, masks_at, rgb_at, valid_at
 from .losses import balanced_cross_entropy, pairwise_kernel, pairwise_loss, soft_distillation
 from .pwm import TEACHER_B
@@ -81,7 +89,7 @@ class PairwiseParams:
     sxy: float = 100.0
     srgb: float = 15.0
     window: int = 5
-    connectivity: str = "full"  # full (every pixel pair of the label grid) | local (window x window)
+    connectivity: str = "full"  # full (every pixel pair) | attention (the same, linear memory) | auto | local
 
     def __post_init__(self) -> None:
         check_connectivity(self.connectivity)
@@ -228,7 +236,9 @@ class ASDTLoss:
 
     def _kernel_out(self, name: str, rgb: torch.Tensor, connectivity: str) -> torch.Tensor | None:
         """The buffer a full kernel of ``rgb``'s grid is built in (``method.crf.kernel_buffer``), or None."""
-        return kernel_buffer(self._kernel_buffers, name, rgb) if connectivity == "full" else None
+        b, _, h, w = rgb.shape
+        full = resolve_connectivity(connectivity, b, h, w) == "full"  # auto: full where it fits
+        return kernel_buffer(self._kernel_buffers, name, rgb) if full else None
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return balanced_cross_entropy(logits, labels, self.has_background, balanced=self.weights.balanced_ce)

@@ -1,13 +1,20 @@
 """Batched mean-field CRFs and their pairwise affinities, in PyTorch (they run on the training device).
 
 The fully connected dense CRF of Krähenbühl & Koltun with Gaussian + bilateral Potts kernels, on the label grid,
-in one of two connectivities:
+in one of these connectivities:
 
 - ``"local"``: each pixel interacts with the ``window x window`` pixels around it (a "ConvCRF"); memory and time
   grow with ``H * W * window^2``.
 - ``"full"``: each pixel interacts with every pixel of the grid, exactly (no lattice approximation); the kernel is a
   (B, N, N) matrix for ``N = H * W`` pixels, so it suits label grids up to a few thousand pixels (32x32 on a
   128-px crop, 41x41 on a 321-px crop at output stride 8), where it costs a few batched matrix products.
+- ``"attention"``: the same messages as ``"full"`` (to float32 rounding), computed from the pixels' features by
+  ``scaled_dot_product_attention`` without forming N x N: memory linear in N (161x161, 321x321 grids), time
+  still N^2 per iteration (``method.crf_attention`` has the derivation).
+- ``"auto"``: ``"full"`` where its (B, N, N) kernel fits ``AUTO_FULL_MAX_BYTES``, ``"attention"`` elsewhere. On
+  one CPU core full is the faster one up to ~60x60 (its exponentials are computed once, attention's every
+  iteration: 41x41 in 21 vs 32 ms) and slower above (81x81: 436 vs 355 ms; 161x161: 15.6 vs 5.4 s and 5 GiB);
+  ``benchmarks/crf_connectivity.md``.
 
 Kernels are expressed in *image* pixel units (``pixel_step`` = image pixels per label pixel), so the dense-CRF
 parameters (sxy, srgb) keep their meaning at any label resolution. Each pixel's weights are divided by their sum
@@ -26,8 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-CONNECTIVITIES = ("local", "full")
+from .crf_attention import AttentionCRFKernel, attention_crf_kernel, attention_mean_field
+
+CONNECTIVITIES = ("local", "full", "attention", "auto")
 FULL_KERNEL_MAX_BYTES = 8 << 30  # a (B, N, N) float32 kernel above this is refused with a clear message
+AUTO_FULL_MAX_BYTES = 512 << 20  # connectivity="auto": full up to this (B, N, N) float32 kernel, attention above
 _LOG_FLOOR = -87.0  # exp(-87) ~ 1.6e-38, just above float32's smallest normal number
 _WEIGHT_FLOOR = 1e-20  # normalised weights below this are exactly 0 (products with them would be subnormal)
 _FULL_LOG_FLOOR = -40.0  # full kernel: weights below e^-40 of the pixel's own are exactly 0 (no subnormals)
@@ -44,7 +54,8 @@ class CRFParams:
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
-    connectivity: str = "full"  # "full" (every pixel of the label grid) | "local" (window x window)
+    connectivity: str = "full"  # "full" (every pixel of the label grid) | "attention" (the same, linear memory)
+    # | "auto" (full where it fits AUTO_FULL_MAX_BYTES, else attention) | "local" (window x window)
 
     def __post_init__(self) -> None:
         check_connectivity(self.connectivity)
@@ -53,6 +64,15 @@ class CRFParams:
 def check_connectivity(connectivity: str) -> None:
     if connectivity not in CONNECTIVITIES:
         raise ValueError(f"unknown CRF connectivity {connectivity!r}; use one of {', '.join(CONNECTIVITIES)}")
+
+
+def resolve_connectivity(connectivity: str, b: int, h: int, w: int) -> str:
+    """``"auto"`` -> ``"full"`` if a (B, N, N) float32 kernel of ``b`` images on an ``h x w`` grid fits
+    ``AUTO_FULL_MAX_BYTES``, else ``"attention"``; any other connectivity is returned as it is."""
+    check_connectivity(connectivity)
+    if connectivity != "auto":
+        return connectivity
+    return "full" if 4 * b * (h * w) ** 2 <= AUTO_FULL_MAX_BYTES else "attention"
 
 
 INFERENCE_CRF = CRFParams(bilateral_sxy=83.0, bilateral_srgb=5.0, bilateral_compat=4.0, connectivity="local")
@@ -200,7 +220,8 @@ def check_full_kernel_size(b: int, h: int, w: int) -> None:
     if size > FULL_KERNEL_MAX_BYTES:
         raise ValueError(
             f"a fully connected CRF kernel on a {h}x{w} label grid for {b} images needs {size / 2**30:.1f} GiB; "
-            "lower label_upsample or the crop size, or use connectivity=local"
+            "lower label_upsample or the crop size, or use connectivity=attention (same messages, linear memory) "
+            "or local"
         )
 
 
@@ -235,15 +256,20 @@ def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: 
 @record_function("asdt: CRF kernel")
 def crf_kernel(
     image: torch.Tensor, params: CRFParams, pixel_step: float = 1.0, out: torch.Tensor | None = None
-) -> torch.Tensor:
+) -> torch.Tensor | AttentionCRFKernel:
     """Combined Potts kernel ``compat_g * gaussian + compat_b * bilateral`` of an image at the label resolution.
 
     ``out``: optional buffer for a full kernel (``full_affinity``).
 
     Returns:
-        (B, window*window, H, W) for local connectivity, (B, N, N) for full connectivity.
+        (B, window*window, H, W) for local connectivity, (B, N, N) for full connectivity, an
+        ``AttentionCRFKernel`` (features, linear memory) for attention; ``auto`` gives full or attention.
     """
-    if params.connectivity == "full":
+    b, _, h, w = image.shape
+    connectivity = resolve_connectivity(params.connectivity, b, h, w)
+    if connectivity == "attention":
+        return attention_crf_kernel(image, params, pixel_step)
+    if connectivity == "full":
         gauss = full_affinity(image[:1], params.gaussian_sxy, None, pixel_step)  # (1, N, N): the same for all
         bilat = full_affinity(
             image, params.bilateral_sxy, params.bilateral_srgb, pixel_step, None, params.bilateral_compat, out
@@ -257,7 +283,7 @@ def crf_kernel(
 @record_function("asdt: CRF mean field")
 def mean_field(
     probs: torch.Tensor,
-    kernel: torch.Tensor,
+    kernel: torch.Tensor | AttentionCRFKernel,
     params: CRFParams,
     allowed: torch.Tensor | None = None,
     method: str | None = None,
@@ -266,7 +292,7 @@ def mean_field(
 
     Args:
         probs: (B, K, H, W) unary class probabilities.
-        kernel: from ``crf_kernel`` for the same image and ``params``.
+        kernel: from ``crf_kernel`` for the same image and ``params`` (its type says the connectivity).
         allowed: optional (B, K) bool; classes not allowed keep probability 0.
         method: how local messages are computed (see ``message_passing``; default: by device).
     Returns:
@@ -277,7 +303,9 @@ def mean_field(
         allowed = allowed | ~allowed.any(1, keepdim=True)  # an image with no allowed label keeps them all
         unary = unary.masked_fill(~allowed[:, :, None, None], float("-inf"))
     q = torch.softmax(unary, dim=1)
-    if params.connectivity == "full":
+    if isinstance(kernel, AttentionCRFKernel):
+        return attention_mean_field(unary, q, kernel, params.iterations, None if allowed is None else allowed.any(0))
+    if kernel.dim() == 3:  # full: (B, N, N)
         b, k, h, w = q.shape
         unary, q = unary.flatten(2), q.flatten(2)
         kernel_t = kernel.transpose(1, 2)

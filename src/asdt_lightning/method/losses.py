@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from .cam import IGNORE_INDEX
-from .crf import check_connectivity, full_affinity, local_affinity
+from .crf import full_affinity, local_affinity, resolve_connectivity
+from .crf_attention import GaussianAttention, attention_pairwise_loss, bilateral_attention
 
 
 def classification_loss(class_logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
@@ -75,34 +76,42 @@ def pairwise_kernel(
     valid: torch.Tensor | None = None,
     connectivity: str = "local",
     out: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | GaussianAttention:
     """The bilateral kernel of ``pairwise_loss`` (no gradient needed; one kernel serves R and S).
 
     Args:
         image: (B, 3, h, w) RGB 0..255 at the logits' resolution; valid: (B, h, w) bool.
-        connectivity: ``"local"`` (a ``window x window`` neighbourhood) or ``"full"`` (every pixel pair).
+        connectivity: ``"local"`` (a ``window x window`` neighbourhood), ``"full"`` (every pixel pair),
+            ``"attention"`` (every pixel pair, linear memory) or ``"auto"`` (full where it fits, else attention).
         out: optional buffer for the full kernel (``method.crf.full_affinity``).
     Returns:
-        (B, window*window, h, w) local or (B, h*w, h*w) full weights (``method.crf``).
+        (B, window*window, h, w) local or (B, h*w, h*w) full weights (``method.crf``), or the attention form of
+        the full kernel (``method.crf_attention.GaussianAttention``).
     """
-    check_connectivity(connectivity)
+    connectivity = resolve_connectivity(connectivity, image.shape[0], image.shape[2], image.shape[3])
+    if connectivity == "attention":
+        return bilateral_attention(image, sxy, srgb, pixel_step, valid)
     if connectivity == "full":
         return full_affinity(image, sxy, srgb, pixel_step, valid, out=out)
     return local_affinity(image, window, sxy, srgb, pixel_step, valid)
 
 
-def pairwise_loss(logits: torch.Tensor, kernel: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def pairwise_loss(
+    logits: torch.Tensor, kernel: torch.Tensor | GaussianAttention, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """CRF (gated-CRF / dense-CRF-loss style) loss: pixels alike in colour and place should agree.
 
     ``mean_i sum_j k_ij (1 - <p_i, p_j>)`` over valid pixels ``i``, with the normalised bilateral kernel ``k`` of
-    ``pairwise_kernel``: over each pixel's window (local) or over every other pixel (full).
+    ``pairwise_kernel``: over each pixel's window (local) or over every other pixel (full, attention).
 
     Args:
         logits: (B, K, h, w); kernel: from ``pairwise_kernel`` at the same resolution; valid: (B, h, w) bool.
     """
     b, k, h, w = logits.shape
     probs = torch.softmax(logits, 1)
-    if kernel.dim() == 3:  # full: (B, N, N)
+    if isinstance(kernel, GaussianAttention):  # the full kernel's sums, by attention (linear memory)
+        loss = attention_pairwise_loss(probs, kernel)
+    elif kernel.dim() == 3:  # full: (B, N, N)
         flat = probs.flatten(2)  # (B, K, N)
         agreement = (flat * torch.matmul(flat, kernel.transpose(1, 2))).sum(1)  # sum_j k_ij <p_i, p_j>
         loss = (kernel.sum(2) - agreement).view(b, h, w)
