@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -72,28 +73,81 @@ def is_torch_file(path: str | Path) -> bool:
 
 
 def unreadable_torch_file(path: str | Path, error: BaseException) -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed, as what the file is not and what to do (no advice to
-    load it unsafely)."""
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line: what the file is not and what to run.
+
+    A file holding Python objects besides tensors gets the re-save recipe: allow the classes it names
+    (``torch.serialization.safe_globals``, which keeps every other class out) and save a plain state dict. Only a
+    whole model pickled by torch < 1.6, which nothing else reads, gets the full unsafe load, and that only for a
+    file the user trusts.
+    """
     path = Path(path)
     head = torch_file_head(path)
     remedy = "re-download or re-copy it, or save one with torch.save(model.state_dict(), path)"
     if not head:
         return f"{path} is empty; {remedy}"
+    refused = "weights only" in str(error).lower() or type(error).__name__ == "UnpicklingError"
     if head == ZIP_MAGIC:
-        if "weights only" in str(error).lower() or type(error).__name__ == "UnpicklingError":
+        if refused:
+            names, complete = _refused_globals(path, error)
             return (
-                f"{path} holds pickled Python objects besides tensors (a whole saved model?), which are not loaded "
-                "from files for safety; in code you trust, load it and save torch.save(model.state_dict(), path)"
+                f"{path} holds pickled Python objects besides tensors ({_listed(names, complete)}: a whole "
+                f"saved model?), which are not loaded from files for safety; "
+                f"{_resave_recipe(path, names, complete)}"
             )
         return f"{path} is a zip archive but not a complete PyTorch file (truncated or corrupt); {remedy}"
     if head[:1] == b"\x80":  # a pickle: torch's legacy (pre-1.6) format
-        if "weights only" in str(error).lower():
+        if refused:
+            names, complete = _refused_globals(path, error)
             return (
-                f"{path} is a legacy pickle holding Python objects besides tensors, not loaded from files for "
-                "safety; in code you trust, load it and save torch.save(model.state_dict(), path)"
+                f"{path} is a legacy (torch < 1.6) pickle holding Python objects besides tensors "
+                f"({_listed(names, complete)}), not loaded from files for safety; "
+                f"{_resave_recipe(path, names, complete, legacy=True)}"
             )
         return f"{path} is a pickle but not a readable PyTorch file (truncated or corrupt); {remedy}"
     return f"{path} is not a PyTorch file (neither a zip archive nor a pickle: corrupt or another format); {remedy}"
+
+
+def _refused_globals(path: Path, error: BaseException) -> tuple[list[str], bool]:
+    """The classes (``module.Name``) a refused torch file pickles, and whether that is all of them: every one
+    from the file's pickle, read without running it (zip format), else the first one, which torch's error names."""
+    try:
+        import torch.serialization
+
+        names = [str(n) for n in torch.serialization.get_unsafe_globals_in_checkpoint(path)]
+    except Exception:  # a legacy file, or a torch without it
+        names = []
+    if names:
+        return names, True
+    return re.findall(r"GLOBAL ([\w.]+)", str(error))[:1], False
+
+
+def _listed(names: list[str], complete: bool) -> str:
+    """The refused classes for the message: up to four, or the one torch named."""
+    if not names:
+        return "classes torch does not allow"
+    if not complete:
+        return f"e.g. {names[0]}"
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def _resave_recipe(path: Path, names: list[str], complete: bool, legacy: bool = False) -> str:
+    """What to run on a trusted file to get a state dict ``backbone.weights`` takes (``<stem>.state_dict.pth``)."""
+    out = path.with_name(f"{path.stem}.state_dict.pth")
+    if not names:
+        allowed = "the classes torch names"
+    elif len(names) > 6:
+        allowed = f"the {len(names)} classes torch.serialization.get_unsafe_globals_in_checkpoint('{path}') lists"
+    else:
+        allowed = ", ".join(names)
+    more = "" if complete else " (adding any further class torch then names)"
+    recipe = (
+        f"if you trust the file, re-save it as a state dict in Python where those classes import: "
+        f"with torch.serialization.safe_globals([{allowed}]): obj = torch.load('{path}'){more}; "
+        f"then torch.save(obj.state_dict(), '{out}') (or the state dict it holds) and use {out}"
+    )
+    if legacy:  # torch keeps whole nn.Modules of this format out of even the allowed load
+        recipe += f"; a whole model of this format loads only with torch.load('{path}', weights_only=False)"
+    return recipe
 
 
 HYDRA_ONLY = frozenset({".hydra"})

@@ -3,14 +3,18 @@ and a student head S. No losses in here."""
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ..errors import ASDTUserError
-from .backbones import Backbone, build_backbone
+from .backbones import Backbone, build_backbone, check_backbone
+from .backbones.weights import backbone_key_count, check_cam_classifier, load_cam_classifier, read_cam_classifier
 from .heads import CAMHead, SegmentationHead
+
+log = logging.getLogger(__name__)
 
 
 class ASDTOutput(NamedTuple):
@@ -94,7 +98,17 @@ def build_asdt_net(
     head_dilation: int = 2,
     skip_channels: int = 0,
 ) -> ASDTNet:
-    """Build the backbone by registry name and put the three heads on it."""
+    """Build the backbone by registry name and put the three heads on it.
+
+    A ``weights`` file with PSA's ``fc8.weight`` (``res38_cls.pth``: 20 VOC classes x 4096) also sets the CAM
+    head's classifier, when its shape fits (an ASDTUserError otherwise); the loading is logged in one line.
+    """
+    cam_classifier = {}
+    if weights:
+        check_backbone(backbone, weights, pretrained=pretrained)  # the cheap refusals come first
+        cam_classifier = read_cam_classifier(weights)
+        if cam_classifier:  # a class count that cannot fit is refused before the backbone is built
+            check_cam_classifier(cam_classifier, f"weights file {weights}", num_classes)
     body = build_backbone(
         backbone,
         output_stride=output_stride,
@@ -103,4 +117,12 @@ def build_asdt_net(
         frozen_bn=frozen_bn,
         frozen_stem=frozen_stem,
     )
-    return ASDTNet(body, num_classes, has_background, head_channels, head_dilation, skip_channels)
+    net = ASDTNet(body, num_classes, has_background, head_channels, head_dilation, skip_channels)
+    if weights:
+        keys = backbone_key_count(body)
+        report = f"backbone.weights: {keys} of {keys} backbone keys matched"
+        if cam_classifier:
+            loaded = load_cam_classifier(net.cam_head.classifier, cam_classifier, f"weights file {weights}")
+            report += f"; {loaded} loaded into the CAM head"
+        log.info(report)
+    return net
