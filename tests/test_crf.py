@@ -184,7 +184,7 @@ def test_one_kernel_serves_several_unaries():
 
 def test_unknown_connectivity_is_refused():
     with pytest.raises(ValueError, match="connectivity"):
-        CRFParams(connectivity="dense")
+        CRFParams(connectivity="lattice")
 
 
 def test_full_kernels_built_in_a_buffer_equal_fresh_ones_and_reuse_its_memory():

@@ -22,10 +22,12 @@ from asdt_lightning.method.crf import (
     AUTO_FULL_MAX_BYTES,
     INFERENCE_CRF,
     CRFParams,
+    DenseCRFImage,
     crf_kernel,
     full_affinity,
     mean_field,
     mean_field_crf,
+    pydensecrf_available,
     resolve_connectivity,
 )
 from asdt_lightning.method.crf_attention import (
@@ -163,7 +165,11 @@ def test_auto_picks_full_where_its_kernel_fits_and_attention_elsewhere():
     assert crf_kernel(image, auto).dim() == 3  # (B, N, N)
     assert isinstance(pairwise_kernel(image, 100, 15, connectivity="auto"), torch.Tensor)
     big = torch.rand(1, 3, n + 1, n + 1) * 255  # building an attention kernel runs no attention pass: cheap
-    assert isinstance(crf_kernel(big, auto), AttentionCRFKernel)
+    # a CRF on the CPU: pydensecrf2 where installed (attention's N^2 is far too slow there), else attention
+    expected = DenseCRFImage if pydensecrf_available() else AttentionCRFKernel
+    assert isinstance(crf_kernel(big, auto), expected)
+    assert isinstance(attention_crf_kernel(big, auto, 1.0), AttentionCRFKernel)
+    assert resolve_connectivity("auto", 1, n + 1, n + 1, torch.device("cuda"), allow_dense=True) == "attention"
     assert isinstance(pairwise_kernel(big, 100, 15, connectivity="auto"), GaussianAttention)
     for connectivity in ("attention", "auto"):
         assert CRFParams(connectivity=connectivity).connectivity == connectivity

@@ -82,6 +82,8 @@ def build_module(cfg: dict[str, Any], class_names: list[str]) -> ASDTModule:
         pairwise=model["pairwise"],
         optimizer=model["optimizer"],
         label_upsample=model["label_upsample"],
+        label_resolution=model["label_resolution"],
+        cam_relu_each_scale=model["cam_relu_each_scale"],
         fusion=model["fusion"],
     )
 

@@ -32,7 +32,7 @@ from .optim import OptimizerParams, build_optimizer, fused_allowed, parameter_gr
 
 BRANCHES = ("cam", "refine", "student", "fused")
 SEGMENTATION_BRANCHES = ("refine", "student", "fused")
-HEAD_SETTINGS = ("head_channels", "head_dilation", "skip_channels")
+HEAD_SETTINGS = ("head_channels", "head_dilation", "skip_channels", "cam_dropout", "head_init")
 
 __all__ = ["ASDTModule", "LossWeights", "OptimizerParams", "PairwiseParams", "TeacherBParams", "TeacherTargets"]
 
@@ -62,12 +62,15 @@ class ASDTModule(L.LightningModule):
         cam_thresholds: Sequence[float] = CAM_THRESHOLDS,
         label_upsample: int = 1,
         fusion: str = "max",
+        label_resolution: str = "logits",
+        cam_relu_each_scale: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.has_background = has_background
         self.cam_scales = [float(s) for s in cam_scales]
+        self.cam_relu_each_scale = bool(cam_relu_each_scale)
         if not self.cam_scales or self.cam_scales[0] != 1.0:
             raise ASDTUserError(f"model.cam_scales must start with 1.0 (the scale with gradient), got {cam_scales}")
         if fusion not in FUSION_CHOICES:
@@ -80,8 +83,9 @@ class ASDTModule(L.LightningModule):
         self.optim = params_from(OptimizerParams, optimizer, "model.optimizer")
         try:
             self.objective = ASDTLoss(
-                self.loss_weights, self.teacher_a, self.teacher_b, self.pairwise, has_background, label_upsample
-            )
+                self.loss_weights, self.teacher_a, self.teacher_b, self.pairwise, has_background, label_upsample,
+                label_resolution,
+            )  # fmt: skip
         except ValueError as err:
             raise with_config_path(err, "model") from None
         self.label_upsample = self.objective.label_upsample
@@ -128,7 +132,7 @@ class ASDTModule(L.LightningModule):
             for scale in self.cam_scales[1:]:
                 scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
                 maps.append(self.net.forward_cams(scaled))
-        return merge_multiscale_cams(maps, size)
+        return merge_multiscale_cams(maps, size, self.cam_relu_each_scale)
 
     def teacher_targets(self, images, image_labels, valid, out: ASDTOutput, cams, with_teacher_b=True):
         """``ASDTLoss.teacher_targets`` of a normalised batch and its network output ``out``."""

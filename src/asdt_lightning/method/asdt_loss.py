@@ -32,7 +32,14 @@ from .crf import (
     resolve_connectivity,
 )
 from .label_grid import label_grid_size, maps_at, masks_at, rgb_at, valid_at
-from .losses import balanced_cross_entropy, pairwise_kernel, pairwise_loss, soft_distillation
+from .losses import (
+    CE_COMBINES,
+    balanced_cross_entropy,
+    dense_energy_loss,
+    pairwise_kernel,
+    pairwise_loss,
+    soft_distillation,
+)
 from .pwm import TEACHER_B
 
 SUPERVISIONS = ("pseudo", "ground_truth")
@@ -60,12 +67,15 @@ class LossWeights:
     ramp: int = 200  # steps over which the segmentation terms rise linearly to full weight after the warm-up
     supervision: str = "pseudo"  # "ground_truth": R and S learn the true masks (the fully supervised upper bound)
     balanced_ce: bool = False  # True: CE averaged over bg and fg pixels separately (the released code's)
+    balanced_ce_combine: str = "mean"  # how the bg and fg means join: mean | sum (the released code's)
 
     def __post_init__(self) -> None:
         if self.supervision not in SUPERVISIONS:
             raise ValueError(f"supervision must be 'pseudo' or 'ground_truth', got {self.supervision!r}")
         if self.distillation not in DISTILLATIONS:
             raise ValueError(f"distillation must be 'hard' or 'soft', got {self.distillation!r}")
+        if self.balanced_ce_combine not in CE_COMBINES:
+            raise ValueError(f"balanced_ce_combine must be one of {', '.join(CE_COMBINES)}")
 
     def segmentation_scale(self, step: int) -> float:
         """Factor of the R and S terms at global step ``step`` (after the warm-up): ramps 1/ramp ... 1."""
@@ -82,17 +92,31 @@ class TeacherBParams:
     crf: CRFParams = field(default_factory=lambda: dataclasses.replace(INFERENCE_CRF, connectivity="full"))
 
 
+PAIRWISE_FORMS = ("kernel", "dense_energy")
+LABEL_RESOLUTIONS = ("logits", "input")
+
+
 @dataclass(frozen=True)
 class PairwiseParams:
-    """The pairwise (CRF) loss's bilateral kernel."""
+    """The pairwise (CRF) loss: ``form="kernel"``, the row-normalised bilateral kernel of ``losses.pairwise_loss``
+    over valid pixels; ``"dense_energy"``, the released code's gated dense-CRF energy (``losses.dense_energy_loss``)
+    at ``scale`` of the label grid (``connectivity`` then unused: it is exact and linear in memory)."""
 
     sxy: float = 100.0
     srgb: float = 15.0
     window: int = 5
     connectivity: str = "full"  # full (every pixel pair) | attention (the same, linear memory) | auto | local
+    form: str = "kernel"  # kernel | dense_energy
+    scale: float = 1.0  # dense_energy: the label grid's scale it runs at (released: 0.5)
 
     def __post_init__(self) -> None:
         check_connectivity(self.connectivity)
+        if self.connectivity == "dense":
+            raise ValueError("the pairwise loss has no pydensecrf2 form: use full, attention, auto or local")
+        if self.form not in PAIRWISE_FORMS:
+            raise ValueError(f"pairwise form must be one of {', '.join(PAIRWISE_FORMS)}, got {self.form!r}")
+        if not 0 < self.scale <= 1:
+            raise ValueError(f"pairwise scale must lie in (0, 1], got {self.scale}")
 
 
 class TeacherTargets(NamedTuple):
@@ -117,12 +141,17 @@ class ASDTLoss:
         pairwise: PairwiseParams,
         has_background: bool = True,
         label_upsample: int = 1,
+        label_resolution: str = "logits",
     ) -> None:
         if int(label_upsample) != label_upsample or label_upsample < 1:
             raise ValueError(f"label_upsample must be a positive integer, got {label_upsample}")
+        if label_resolution not in LABEL_RESOLUTIONS:
+            choices = ", ".join(LABEL_RESOLUTIONS)
+            raise ValueError(f"label_resolution must be one of {choices}, got {label_resolution!r}")
         self.weights, self.teacher_a, self.teacher_b, self.pairwise = weights, teacher_a, teacher_b, pairwise
         self.has_background = has_background
         self.label_upsample = int(label_upsample)
+        self.label_resolution = label_resolution
         self._kernel_buffers: dict[str, torch.Tensor] = {}
 
     def __call__(
@@ -160,14 +189,14 @@ class ASDTLoss:
         with record_function("asdt: losses"):
             loss_refine_ce = self._cross_entropy(refine_logits, labels_a)
             kernel = self._pairwise_kernel(t.rgb, t.pixel_step, t.valid)
-            loss_refine_pair = self._pairwise(refine_logits, kernel, t.valid)
+            loss_refine_pair = self._pairwise(refine_logits, kernel, t, labels_a)
             if not from_b:
                 loss_distill = w.teacher_a * self._cross_entropy(student_logits, labels_a)
             elif w.distillation == "soft":
                 loss_distill = w.teacher_b * soft_distillation(student_logits, t.target_b, t.valid, w.temperature)
-            else:
-                loss_distill = w.teacher_b * self._cross_entropy(student_logits, t.target_b)
-            loss_student_pair = self._pairwise(student_logits, kernel, t.valid)
+            else:  # teacher B labels every pixel: the plain mean (the paper's pceloss), not teacher A's balancing
+                loss_distill = w.teacher_b * balanced_cross_entropy(student_logits, t.target_b, balanced=False)
+            loss_student_pair = self._pairwise(student_logits, kernel, t, labels_a)
 
         ramp = w.segmentation_scale(step)
         loss = w.cls * loss_cls + ramp * (
@@ -204,7 +233,10 @@ class ASDTLoss:
             cams: (B, C, h', w') raw (multi-scale) CAMs; refine_logits: (B, K, h0, w0) R's logits.
             with_teacher_b: also refine R's output into teacher B's target (steps where the student learns from B).
         """
-        size = label_grid_size(refine_logits, self.label_upsample)
+        if self.label_resolution == "input":  # the released code's: labels and CE at the crop's pixels
+            size = (rgb.shape[-2], rgb.shape[-1])
+        else:
+            size = label_grid_size(refine_logits, self.label_upsample)
         pixel_step = rgb.shape[-1] / size[-1]
         with record_function("asdt: resize RGB / valid"):
             rgb, valid = rgb_at(rgb, size), valid_at(valid, size)
@@ -241,19 +273,27 @@ class ASDTLoss:
         return kernel_buffer(self._kernel_buffers, name, rgb) if full else None
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return balanced_cross_entropy(logits, labels, self.has_background, balanced=self.weights.balanced_ce)
+        w = self.weights
+        return balanced_cross_entropy(
+            logits, labels, self.has_background, balanced=w.balanced_ce, combine=w.balanced_ce_combine
+        )
 
     def _pairwise_kernel(self, rgb, pixel_step, valid) -> torch.Tensor | None:
-        """The pairwise loss's kernel, computed once per step for both heads (``None`` when the term is off)."""
-        if self.weights.pairwise == 0:
+        """The pairwise loss's kernel, computed once per step for both heads (``None`` when the term is off or
+        its form needs none)."""
+        if self.weights.pairwise == 0 or self.pairwise.form == "dense_energy":
             return None
         p = self.pairwise
         with torch.no_grad(), record_function("asdt: pairwise kernel"):
             out = self._kernel_out("pairwise", rgb, p.connectivity)  # free again once this step's backward ran
             return pairwise_kernel(rgb, p.sxy, p.srgb, p.window, pixel_step, valid, p.connectivity, out)
 
-    @staticmethod
-    def _pairwise(logits, kernel, valid) -> torch.Tensor:
-        if kernel is None:
+    def _pairwise(self, logits, kernel, t: TeacherTargets, labels: torch.Tensor) -> torch.Tensor:
+        """One head's pairwise term at the label grid (``labels``: teacher A's, the dense energy's gate)."""
+        p = self.pairwise
+        if self.weights.pairwise == 0:
             return logits.sum() * 0.0
-        return pairwise_loss(logits, kernel, valid)
+        if p.form == "dense_energy":
+            probs = torch.softmax(logits, 1)
+            return dense_energy_loss(probs, t.rgb, t.valid, labels, p.srgb, p.sxy, p.scale, t.pixel_step)
+        return pairwise_loss(logits, kernel, t.valid)

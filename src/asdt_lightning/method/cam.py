@@ -18,6 +18,7 @@ from .crf import CRFParams, crf_kernel, mean_field
 
 CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # background scores the CAM is scored at
 BACKGROUNDS = ("power", "otsu")  # how teacher A scores the background (TeacherAParams.background)
+RELIABILITY_RULES = ("per_label", "released")  # which pixels teacher A keeps (TeacherAParams.rule)
 
 
 @dataclass(frozen=True)
@@ -37,22 +38,30 @@ class TeacherAParams:
     crf: CRFParams = field(default_factory=CRFParams)
     background: str = "power"  # power: (1 - max cam) ** alpha_low/high; otsu: per-image powers (crossing_power)
     otsu_margin: float = 0.1  # otsu: conservative CRF's bg score meets the CAM at t + this, the generous at t - this
+    rule: str = "per_label"  # per_label | released (see reliable_cam_labels)
+    ignore_padding: bool = True  # padded pixels of the crop are ignore; False: they get labels too (released)
 
     def __post_init__(self) -> None:
+        if self.rule not in RELIABILITY_RULES:
+            raise ValueError(f"rule must be one of {', '.join(RELIABILITY_RULES)}, got {self.rule!r}")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
         if not 0 <= self.otsu_margin < 0.5:
             raise ValueError(f"otsu_margin must lie in [0, 0.5), got {self.otsu_margin}")
 
 
-def merge_multiscale_cams(cams: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+def merge_multiscale_cams(cams: Sequence[torch.Tensor], size: tuple[int, int], relu_each: bool = False) -> torch.Tensor:
     """Average CAMs computed at several input scales after resizing each to ``size``.
 
     Args:
         cams: list of (B, C, h_i, w_i) raw CAMs.
+        relu_each: ReLU each scale's CAMs before averaging (the released code's), so one scale's negative
+            evidence cannot cancel another's positive.
     Returns:
         (B, C, *size) averaged CAMs.
     """
+    if relu_each:
+        cams = [F.relu(c) for c in cams]
     resized = [
         c if c.shape[-2:] == size else F.interpolate(c, size, mode="bilinear", align_corners=False) for c in cams
     ]
@@ -169,6 +178,60 @@ def _class_cam_thresholds(norm_cams: torch.Tensor, percentile: float, min_cam: f
     return torch.nan_to_num(thresholds, nan=float("inf")).to(norm_cams.dtype)
 
 
+def _released_class_thresholds(norm_cams: torch.Tensor, cam_winner: torch.Tensor, percentile: float, min_cam: float):
+    """(B, C) the released code's per-class CAM threshold: of the class's CAM values above ``min_cam`` where it
+    wins ``cam_winner`` (the argmax over background score and CAMs, labels 0..C), sorted, the one at index
+    ``floor(percentile * n)``; +inf for a class with no such pixel (where the released code crashes)."""
+    c = norm_cams.shape[1]
+    flat = norm_cams.flatten(2)  # (B, C, N)
+    own = (cam_winner.flatten(1)[:, None] == torch.arange(1, c + 1, device=flat.device)[None, :, None]) & (
+        flat > min_cam
+    )
+    n = own.sum(2)  # (B, C)
+    ordered = flat.masked_fill(~own, float("inf")).sort(2).values
+    index = (n.float() * percentile).floor().long().clamp(max=flat.shape[2] - 1)
+    thresholds = ordered.gather(2, index[..., None])[..., 0]
+    return torch.where(n > 0, thresholds, torch.full_like(thresholds, float("inf")))
+
+
+def _released_reliable(
+    norm_cams: torch.Tensor,
+    probs_low: torch.Tensor,
+    probs_high: torch.Tensor,
+    alpha_high: float | torch.Tensor,
+    params: TeacherAParams,
+) -> torch.Tensor:
+    """The released code's reliable labels (``rule="released"``, with background) from its two CRFs' outputs.
+
+    A pixel takes the conservative CRF's foreground label, or background where the generous CRF says background;
+    it is kept where (a) the CRFs are confident: ``max(generous bg, conservative fg probabilities) >= crf_confidence``
+    and (b) it lies in any label's sure region: the pixels whose CAM argmax (background score included) is a
+    foreground class that the conservative CRF assigns somewhere and whose CAM exceeds that class's threshold
+    (``_released_class_thresholds``), or whose argmax is background with background score above
+    ``bg_score_threshold``, where the conservative CRF assigns background somewhere.
+
+    Args:
+        norm_cams: (B, C, h, w); probs_low, probs_high: (B, C + 1, h, w) the two CRFs' marginals.
+    Returns:
+        (B, h, w) long labels, ``IGNORE_INDEX`` where unreliable.
+    """
+    c = norm_cams.shape[1]
+    bg_score = background_score(norm_cams, alpha_high)  # (B, 1, h, w)
+    cam_winner = torch.cat([bg_score, norm_cams], 1).argmax(1)  # (B, h, w) 0 = background
+    low_labels, high_labels = probs_low.argmax(1), probs_high.argmax(1)
+    assigned = F.one_hot(low_labels.flatten(1), c + 1).amax(1).bool()  # (B, C + 1) labels the CRF gives somewhere
+    thresholds = _released_class_thresholds(norm_cams, cam_winner, params.fg_percentile, params.fg_min_cam)
+    winner_fg = (cam_winner - 1).clamp_min(0)
+    cam_at_winner = norm_cams.gather(1, winner_fg[:, None])[:, 0]
+    fg_sure = (cam_winner > 0) & (cam_at_winner > thresholds.gather(1, winner_fg.flatten(1)).view_as(winner_fg))
+    bg_sure = (cam_winner == 0) & (bg_score[:, 0] > params.bg_score_threshold)
+    winner_assigned = assigned.gather(1, cam_winner.flatten(1)).view_as(cam_winner)
+    sure = (fg_sure | bg_sure) & winner_assigned
+    confidence = torch.maximum(probs_high[:, 0], probs_low[:, 1:].amax(1))
+    labels = low_labels.masked_fill(low_labels == 0, IGNORE_INDEX).masked_fill(high_labels == 0, 0)
+    return labels.masked_fill(~sure | (confidence < params.crf_confidence), IGNORE_INDEX)
+
+
 def reliable_cam_labels(
     image: torch.Tensor,
     norm_cams: torch.Tensor,
@@ -187,7 +250,8 @@ def reliable_cam_labels(
     ``t - otsu_margin``, ``t`` the image's Otsu threshold of its max CAM, so the split follows the CAMs' own
     spread, e.g. the wide CAMs of a pretrained backbone); a foreground pixel is kept
     only if its CAM clears its class's percentile threshold, a background pixel only if its background
-    score clears ``bg_score_threshold``, and any pixel only where its CRF is confident.
+    score clears ``bg_score_threshold``, and any pixel only where its CRF is confident (``rule="per_label"``).
+    ``rule="released"``: the released code's ``compute_seg_label`` (``_released_reliable``).
     Without background: argmax of the CRF over the image's classes, with the same foreground filtering.
 
     Args:
@@ -195,7 +259,8 @@ def reliable_cam_labels(
         norm_cams: (B, C, h, w) from ``normalize_cams``.
         image_labels: (B, C) multi-hot.
         pixel_step: image pixels per CAM pixel (sets the CRF kernels' scale).
-        valid: optional (B, h, w) bool; invalid pixels (padding) are ignore.
+        valid: optional (B, h, w) bool; invalid pixels (padding) are ignore (unless ``params.ignore_padding`` is
+            False).
         kernel: ``crf_kernel(image, params.crf, pixel_step)`` if already computed (else computed here).
     Returns:
         (B, h, w) long pseudo labels with ``IGNORE_INDEX`` where unreliable.
@@ -216,10 +281,17 @@ def reliable_cam_labels(
 
     def crf(alpha: float | torch.Tensor) -> torch.Tensor:
         scores = cam_scores(norm_cams, has_background, alpha)
+        if params.rule == "released":  # its unaries are -log of the raw scores (a per-pixel shift but the clip)
+            return mean_field(scores, kernel, params.crf, allowed=allowed)
         probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
         return mean_field(probs, kernel, params.crf, allowed=allowed)
 
     probs_low = crf(alpha_low)
+    if has_background and params.rule == "released":
+        labels = _released_reliable(norm_cams, probs_low, crf(alpha_high), alpha_high, params)
+        if valid is not None and params.ignore_padding:
+            labels = labels.masked_fill(~valid, IGNORE_INDEX)
+        return labels
     confidence, labels = probs_low.max(1)
 
     fg = labels >= offset  # every label is foreground without a background class
@@ -235,7 +307,7 @@ def reliable_cam_labels(
         bg_score = background_score(norm_cams, alpha_high)[:, 0]
         bg = (high_labels == 0) & (bg_conf >= params.crf_confidence) & (bg_score > params.bg_score_threshold)
         labels = labels.masked_fill(bg, 0)
-    if valid is not None:
+    if valid is not None and params.ignore_padding:
         labels = labels.masked_fill(~valid, IGNORE_INDEX)
     return labels
 

@@ -11,7 +11,12 @@ in one of these connectivities:
 - ``"attention"``: the same messages as ``"full"`` (to float32 rounding), computed from the pixels' features by
   ``scaled_dot_product_attention`` without forming N x N: memory linear in N (161x161, 321x321 grids), time
   still N^2 per iteration (``method.crf_attention`` has the derivation).
-- ``"auto"``: ``"full"`` where its (B, N, N) kernel fits ``AUTO_FULL_MAX_BYTES``, ``"attention"`` elsewhere. On
+- ``"dense"``: the exact dense CRF of ``pydensecrf2`` (the permutohedral lattice, on the CPU, one image at a time,
+  as the released code labels its 321 x 321 crops): the CPU path to labels at the crop's resolution, where
+  attention's N^2 time is too slow (321x321: 0.18 s per CRF against 105 s; ``benchmarks/crf_connectivity.md``).
+  Needs the optional ``crf`` extra.
+- ``"auto"``: ``"full"`` where its (B, N, N) kernel fits ``AUTO_FULL_MAX_BYTES``, ``"attention"`` elsewhere
+  (for a CRF on a CPU with ``pydensecrf2`` installed: ``"dense"``). On
   one CPU core full is the faster one up to ~60x60 (its exponentials are computed once, attention's every
   iteration: 41x41 in 21 vs 32 ms) and slower above (81x81: 436 vs 355 ms; 161x161: 15.6 vs 5.4 s and 5 GiB);
   ``benchmarks/crf_connectivity.md``.
@@ -27,7 +32,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +41,7 @@ from torch.profiler import record_function
 
 from .crf_attention import AttentionCRFKernel, attention_crf_kernel, attention_mean_field
 
-CONNECTIVITIES = ("local", "full", "attention", "auto")
+CONNECTIVITIES = ("local", "full", "attention", "dense", "auto")
 FULL_KERNEL_MAX_BYTES = 8 << 30  # a (B, N, N) float32 kernel above this is refused with a clear message
 AUTO_FULL_MAX_BYTES = 512 << 20  # connectivity="auto": full up to this (B, N, N) float32 kernel, attention above
 _LOG_FLOOR = -87.0  # exp(-87) ~ 1.6e-38, just above float32's smallest normal number
@@ -55,7 +61,8 @@ class CRFParams:
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
     connectivity: str = "full"  # "full" (every pixel of the label grid) | "attention" (the same, linear memory)
-    # | "auto" (full where it fits AUTO_FULL_MAX_BYTES, else attention) | "local" (window x window)
+    # | "dense" (pydensecrf2 on the CPU) | "auto" (full where it fits AUTO_FULL_MAX_BYTES, else attention)
+    # | "local" (window x window)
 
     def __post_init__(self) -> None:
         check_connectivity(self.connectivity)
@@ -66,13 +73,53 @@ def check_connectivity(connectivity: str) -> None:
         raise ValueError(f"unknown CRF connectivity {connectivity!r}; use one of {', '.join(CONNECTIVITIES)}")
 
 
-def resolve_connectivity(connectivity: str, b: int, h: int, w: int) -> str:
+def resolve_connectivity(
+    connectivity: str, b: int, h: int, w: int, device: torch.device | None = None, allow_dense: bool = False
+) -> str:
     """``"auto"`` -> ``"full"`` if a (B, N, N) float32 kernel of ``b`` images on an ``h x w`` grid fits
-    ``AUTO_FULL_MAX_BYTES``, else ``"attention"``; any other connectivity is returned as it is."""
+    ``AUTO_FULL_MAX_BYTES``; else, for a CRF (``allow_dense``) on a CPU ``device`` with ``pydensecrf2``
+    installed, ``"dense"`` (N^2 attention is far too slow there: 105 s at 321x321), else ``"attention"``. Any
+    other connectivity is returned as it is."""
     check_connectivity(connectivity)
     if connectivity != "auto":
         return connectivity
-    return "full" if 4 * b * (h * w) ** 2 <= AUTO_FULL_MAX_BYTES else "attention"
+    if 4 * b * (h * w) ** 2 <= AUTO_FULL_MAX_BYTES:
+        return "full"
+    if allow_dense and device is not None and torch.device(device).type == "cpu" and pydensecrf_available():
+        return "dense"
+    return "attention"
+
+
+def pydensecrf_available() -> bool:
+    """Whether the optional ``pydensecrf2`` package imports (``pip install 'asdt-lightning[crf]'``)."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DenseCRFImage(NamedTuple):
+    """The "kernel" of ``connectivity="dense"``: the image itself, which ``pydensecrf2`` builds its lattice from."""
+
+    image: torch.Tensor  # (B, 3, H, W) RGB 0..255 at the label resolution
+    pixel_step: float  # image pixels per label pixel: sxy in image pixels become sxy / pixel_step grid pixels
+
+
+def dense_mean_field(
+    probs: torch.Tensor, kernel: DenseCRFImage, params: CRFParams, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``mean_field`` by ``pydensecrf2``: (B, K, H, W) probabilities -> (B, K, H, W), on ``probs``' device."""
+    from .dense_crf import dense_crf  # imports crf.py: resolved at call time
+
+    scaled = replace(
+        params,
+        gaussian_sxy=params.gaussian_sxy / kernel.pixel_step,
+        bilateral_sxy=params.bilateral_sxy / kernel.pixel_step,
+    )
+    if allowed is None:
+        allowed = torch.ones(probs.shape[:2], dtype=torch.bool, device=probs.device)
+    return dense_crf(kernel.image, probs, scaled, allowed, normalize=False)  # as the other connectivities
 
 
 INFERENCE_CRF = CRFParams(bilateral_sxy=83.0, bilateral_srgb=5.0, bilateral_compat=4.0, connectivity="local")
@@ -256,17 +303,20 @@ def message_passing(q: torch.Tensor, kernel: torch.Tensor, window: int, method: 
 @record_function("asdt: CRF kernel")
 def crf_kernel(
     image: torch.Tensor, params: CRFParams, pixel_step: float = 1.0, out: torch.Tensor | None = None
-) -> torch.Tensor | AttentionCRFKernel:
+) -> torch.Tensor | AttentionCRFKernel | DenseCRFImage:
     """Combined Potts kernel ``compat_g * gaussian + compat_b * bilateral`` of an image at the label resolution.
 
     ``out``: optional buffer for a full kernel (``full_affinity``).
 
     Returns:
         (B, window*window, H, W) for local connectivity, (B, N, N) for full connectivity, an
-        ``AttentionCRFKernel`` (features, linear memory) for attention; ``auto`` gives full or attention.
+        ``AttentionCRFKernel`` (features, linear memory) for attention, a ``DenseCRFImage`` for dense;
+        ``auto`` gives full or attention.
     """
     b, _, h, w = image.shape
-    connectivity = resolve_connectivity(params.connectivity, b, h, w)
+    connectivity = resolve_connectivity(params.connectivity, b, h, w, image.device, allow_dense=True)
+    if connectivity == "dense":
+        return DenseCRFImage(image, pixel_step)
     if connectivity == "attention":
         return attention_crf_kernel(image, params, pixel_step)
     if connectivity == "full":
@@ -283,7 +333,7 @@ def crf_kernel(
 @record_function("asdt: CRF mean field")
 def mean_field(
     probs: torch.Tensor,
-    kernel: torch.Tensor | AttentionCRFKernel,
+    kernel: torch.Tensor | AttentionCRFKernel | DenseCRFImage,
     params: CRFParams,
     allowed: torch.Tensor | None = None,
     method: str | None = None,
@@ -298,6 +348,8 @@ def mean_field(
     Returns:
         (B, K, H, W) refined probabilities.
     """
+    if isinstance(kernel, DenseCRFImage):
+        return dense_mean_field(probs, kernel, params, allowed)
     unary = probs.clamp_min(1e-5).log()
     if allowed is not None:
         allowed = allowed | ~allowed.any(1, keepdim=True)  # an image with no allowed label keeps them all

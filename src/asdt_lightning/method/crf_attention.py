@@ -123,6 +123,19 @@ class SeparableGaussian:
         self.ky, self.kx = axis(h), axis(w)
         self.scale = weight / (self.ky.sum(1)[:, None] * self.kx.sum(1)[None, :])  # (h, w): compat / S_i
 
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, N, V) values -> (B, N, V) the unnormalised ``sum_j k_ij v_j`` over every pixel, self included
+        (``weight`` not applied): ``o_v / o_s`` of one pass, both accurate to float32 rounding. No gradient."""
+        with torch.no_grad(), exact_float32(values.device):
+            v = values.to(self.feats.dtype)
+            if self.order is not None:
+                v = v.gather(1, self.order[..., None].expand_as(v))
+            o = self._attend(F.pad(v, (0, 1))[:, None])[:, 0]  # (B, N, V + 1)
+            total = o[..., :-1] / o[..., -1:]
+            if self.inverse is not None:
+                total = total.gather(1, self.inverse[..., None].expand_as(total))
+        return total.to(values.dtype)
+
     def message(self, q: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) marginals -> (B, K, h, w) weighted messages."""
         with exact_float32(q.device):
@@ -234,6 +247,19 @@ class GaussianAttention:
             if self.inverse is not None:
                 m = m.gather(1, self.inverse[..., None].expand_as(m))
         return m.to(values.dtype)
+
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, N, V) values -> (B, N, V) the unnormalised ``sum_j k_ij v_j`` over every pixel, self included
+        (``weight`` not applied): ``o_v / o_s`` of one pass, both accurate to float32 rounding. No gradient."""
+        with torch.no_grad(), exact_float32(values.device):
+            v = values.to(self.feats.dtype)
+            if self.order is not None:
+                v = v.gather(1, self.order[..., None].expand_as(v))
+            o = self._attend(F.pad(v, (0, 1))[:, None])[:, 0]  # (B, N, V + 1)
+            total = o[..., :-1] / o[..., -1:]
+            if self.inverse is not None:
+                total = total.gather(1, self.inverse[..., None].expand_as(total))
+        return total.to(values.dtype)
 
     def message(self, q: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) marginals -> (B, K, h, w) weighted messages."""

@@ -65,11 +65,15 @@ def dense_crf_single(image: np.ndarray, probs: np.ndarray, params: CRFParams) ->
     return np.asarray(q, dtype=np.float32).reshape(k, h, w)
 
 
-def dense_crf(rgb: torch.Tensor, probs: torch.Tensor, params: CRFParams, allowed: torch.Tensor) -> torch.Tensor:
+def dense_crf(
+    rgb: torch.Tensor, probs: torch.Tensor, params: CRFParams, allowed: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
     """Batched front end of the dense CRF; only each image's allowed labels take part.
 
     Args:
         rgb: (B, 3, H, W) RGB in 0..255; probs: (B, K, H, W); allowed: (B, K) bool.
+        normalize: renormalise the allowed labels' probabilities first; False: take the scores as they are
+            (unary ``-log(clip(score, 1e-5, 1))``, as ``method.crf.mean_field`` and the released teacher A).
     Returns:
         (B, K, H, W) refined probabilities (0 for labels not allowed), on ``probs``' device.
     """
@@ -80,7 +84,8 @@ def dense_crf(rgb: torch.Tensor, probs: torch.Tensor, params: CRFParams, allowed
         if keep.numel() == 0:
             keep = torch.arange(probs.shape[1], device=probs.device)
         sub = probs[i, keep].float()
-        sub = sub / sub.sum(0, keepdim=True).clamp_min(1e-8)
+        if normalize:
+            sub = sub / sub.sum(0, keepdim=True).clamp_min(1e-8)
         refined = dense_crf_single(images[i], sub.cpu().numpy(), params)
         out[i, keep] = torch.from_numpy(refined).to(out.device)
     return out

@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import ASDTUserError
 from .backbones import Backbone, build_backbone, check_backbone
 from .backbones.weights import backbone_key_count, check_cam_classifier, load_cam_classifier, read_cam_classifier
-from .heads import CAMHead, SegmentationHead
+from .heads import CAMHead, SegmentationHead, init_head
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,12 @@ class ASDTNet(nn.Module):
         head_channels: int = 256,
         head_dilation: int = 2,
         skip_channels: int = 0,
+        cam_dropout: float = 0.0,
+        head_init: str = "default",
     ) -> None:
         super().__init__()
+        if not 0 <= cam_dropout < 1:
+            raise ASDTUserError(f"cam_dropout must lie in [0, 1), got {cam_dropout}")
         if skip_channels < 0:
             raise ASDTUserError(f"skip_channels must be >= 0 (0: no skip), got {skip_channels}")
         if skip_channels and not backbone.low_level_channels:
@@ -51,7 +55,7 @@ class ASDTNet(nn.Module):
         self.num_classes = num_classes
         self.has_background = has_background
         self.num_labels = num_classes + int(has_background)
-        self.cam_head = CAMHead(backbone.out_channels, num_classes)
+        self.cam_head = CAMHead(backbone.out_channels, num_classes, cam_dropout)
         self.skip_channels = skip_channels
         self.refine_head, self.student_head = (
             SegmentationHead(
@@ -64,6 +68,8 @@ class ASDTNet(nn.Module):
             )
             for _ in range(2)
         )
+        for head in self.head_modules():
+            init_head(head, head_init)
 
     @property
     def output_stride(self) -> int:
@@ -97,6 +103,8 @@ def build_asdt_net(
     head_channels: int = 256,
     head_dilation: int = 2,
     skip_channels: int = 0,
+    cam_dropout: float = 0.0,
+    head_init: str = "default",
 ) -> ASDTNet:
     """Build the backbone by registry name and put the three heads on it.
 
@@ -117,7 +125,9 @@ def build_asdt_net(
         frozen_bn=frozen_bn,
         frozen_stem=frozen_stem,
     )
-    net = ASDTNet(body, num_classes, has_background, head_channels, head_dilation, skip_channels)
+    net = ASDTNet(
+        body, num_classes, has_background, head_channels, head_dilation, skip_channels, cam_dropout, head_init
+    )
     if weights:
         keys = backbone_key_count(body)
         report = f"backbone.weights: {keys} of {keys} backbone keys matched"

@@ -6,20 +6,39 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+HEAD_INITS = ("default", "xavier")  # PyTorch's default conv init | Xavier-uniform weights (the released code's)
+
 
 class CAMHead(nn.Module):
     """Teacher A: a bias-free 1x1 conv giving one class activation map per foreground class.
 
-    ``forward``: (B, D, h, w) features -> ((B, C, h, w) CAMs, (B, C) image logits = spatial mean of the CAMs).
+    ``forward``: (B, D, h, w) features -> ((B, C, h, w) CAMs, (B, C) image logits = the classifier of the
+    spatially pooled features, i.e. the spatial mean of the CAMs). With ``dropout > 0`` (the released code's
+    ``Dropout2d(0.5)``) the logits come from channel-dropped features in training; the CAMs never do.
     """
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.classifier = nn.Conv2d(in_channels, num_classes, 1, bias=False)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cams = self.classifier(features)
-        return cams, cams.mean((2, 3))
+        if self.dropout is None or not self.training:
+            return cams, cams.mean((2, 3))
+        pooled = self.dropout(features).mean((2, 3), keepdim=True)
+        return cams, self.classifier(pooled).flatten(1)
+
+
+def init_head(module: nn.Module, init: str) -> None:
+    """Re-initialise every conv's weight of a head: ``"xavier"`` (uniform; biases keep PyTorch's default, as in
+    the released code) or ``"default"`` (left as built)."""
+    if init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {init!r}")
+    if init == "xavier":
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
 
 
 class SegmentationHead(nn.Module):
