@@ -4,9 +4,10 @@
 #      with and without pruning / pydensecrf2 on the CPU), batch 4, label grids 41, 81, 161, 321, with the labels'
 #      agreement to full and to pydensecrf2;
 #   2. the ASDT training step (benchmarks/train_step.py, preset gpu: experiment=voc_paper) with ResNet-38,
-#      batch 4, crop 321, teacher A / B CRFs and the pairwise loss on connectivity=attention, with bf16 +
-#      channels_last on and off (images/s and peak memory), then the same at label_upsample=4 (164x164 labels,
-#      where full would need 10.8 GiB per kernel: refused) if time is left.
+#      batch 4, crop 321, teacher A / B labels at the crop's 321 x 321 pixels (label_resolution=input) by
+#      connectivity=attention and the dense-CRF energy loss, with bf16 + channels_last on and off (images/s and
+#      peak memory), then the same with the labels on the 41 x 41 logit grid (label_resolution=logits) if time
+#      is left.
 # Every part has a time limit (GPU_CHECK_LIMIT_S in all, default 450 s: under 8 minutes with the start-up); a part
 # that fails or runs out of time is named in the markdown, which is written whatever happens.
 # GPU_CHECK_SMALL=1 shrinks every size (CPU, about a minute: a check of the script).
@@ -66,7 +67,8 @@ part "CRF connectivities on $DEVICE" 170 "$PY" -m benchmarks.crf_connectivity --
   --max-seconds 150 --md "$TMP/crf.md" --json "$TMP/crf.json"
 step bf16-channels_last 110 --precision bf16 --channels-last
 step fp32 110 --precision 32 --no-channels-last
-step bf16-channels_last-labels164 110 --precision bf16 --channels-last --override model.label_upsample=4 --repeats 2
+step bf16-channels_last-labels41 110 --precision bf16 --channels-last --override model.label_resolution=logits \
+  --repeats 2
 
 "$PY" - "$TMP" "$OUT_MD" "$SECONDS" <<'EOF'
 import json
@@ -99,8 +101,8 @@ parts = [
     "",
     "From benchmarks/train_step.py (preset gpu: experiment=voc_paper, backbone overridden), one row per step kind; "
     "images/s = batch / median step time; peak MiB = the GPU allocator's peak (the profiler's timeline on CPU), "
-    "measured on [B]-steps and the lower bound. Label grid 41x41 (crop 321 at output stride 8), 164x164 in the "
-    "labels164 run. Each run's own section follows.",
+    "measured on [B]-steps and the lower bound. Labels at the crop's pixels (321x321, "
+    "label_resolution=input), on the 41x41 logit grid in the labels41 run. Each run's own section follows.",
     "",
     md_table(["run", "batch x crop", "step", "median ms", "images/s", "peak MiB"], rows) if rows else "**none ran**",
     "",

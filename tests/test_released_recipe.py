@@ -235,3 +235,16 @@ def test_labels_and_losses_at_the_crop_resolution_with_label_resolution_input():
 def test_pairwise_settings_are_checked(bad, match):
     with pytest.raises(ValueError, match=match):
         PairwiseParams(**bad)
+
+
+def test_a_dense_crf_without_pydensecrf2_is_refused_before_anything_is_built(monkeypatch):
+    from asdt_lightning import checks
+    from asdt_lightning.errors import ASDTUserError
+    from asdt_lightning.train import check_config
+
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["model.teacher_b.crf.connectivity=dense"])
+    check_config(cfg)  # installed here (the dev extra): accepted
+    monkeypatch.setattr(checks, "pydensecrf_available", lambda: False)
+    with pytest.raises(ASDTUserError, match=r"model.teacher_b.crf.connectivity=dense needs .*pip install"):
+        check_config(cfg)

@@ -16,6 +16,7 @@ from .data.dataset import check_policy
 from .data.transforms import check_resize_long
 from .errors import ASDTUserError
 from .io_utils import is_torch_file
+from .method.crf import pydensecrf_available
 
 # Lightning's precision names, plus the package's ``auto`` (see ``hardware.resolve_precision``)
 PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true")
@@ -71,6 +72,16 @@ def unknown_trainer_keys(trainer: Mapping[str, Any]) -> list[str]:
 
     known = set(inspect.signature(L.Trainer.__init__).parameters)
     return sorted(set(trainer) - known)
+
+
+def check_crf_connectivities(model: Mapping[str, Any]) -> None:
+    """``connectivity=dense`` of the teachers' CRFs needs pydensecrf2: refused before anything is built."""
+    for key in ("teacher_a", "teacher_b"):
+        if model[key]["crf"]["connectivity"] == "dense" and not pydensecrf_available():
+            raise ASDTUserError(
+                f"model.{key}.crf.connectivity=dense needs the optional pydensecrf2 package: "
+                "pip install 'asdt-lightning[crf]', or use connectivity=auto (attention without it)"
+            )
 
 
 def check_dataset(data: Mapping[str, Any]) -> None:

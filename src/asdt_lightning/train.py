@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_dataset, check_resume_checkpoint, check_trainer
+from .checks import check_crf_connectivities, check_dataset, check_resume_checkpoint, check_trainer
 from .cli import run_preflight
 from .config import plain_config
 from .data.datamodule import SegmentationDataModule
@@ -48,6 +48,7 @@ def check_config(cfg: DictConfig) -> None:
     check_backbone(cfg.backbone.name, cfg.backbone.weights)
     check_tracking(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else {}, cfg.tracking)
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+    check_crf_connectivities(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
     data: dict[str, Any] = OmegaConf.to_container(cfg.dataset, resolve=True)  # type: ignore[assignment]
     check_dataset(data)
     if cfg.get("ckpt_path"):
