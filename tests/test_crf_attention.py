@@ -295,19 +295,21 @@ def photos() -> list[str]:
 
 
 # pydensecrf2 filters with the permutohedral lattice (an approximation of the Gaussian) and normalises symmetrically
-# with the pixel's own weight in, D^-1/2 K D^-1/2; ``full`` (and so attention) divides each row by its sum and leaves
-# the pixel out. The exact ``full`` CRF gives the same labels as attention here (100.00% at 161 x 161 on four
-# photos) and so the same agreement with pydensecrf2: what remains is those differences, larger for teacher A's
-# wider colour kernel (teacher B 99.2-99.97%, teacher A 97.7-99.99% on four photos; even exact kernels normalised as
-# pydensecrf2's agree only 98.9-99.7% with it at 81 x 81, the lattice's approximation).
+# with the pixel's own weight in, D^-1/2 K D^-1/2; ``full`` (and so attention) by default divides each row by its sum
+# and leaves the pixel out. The exact ``full`` CRF gives the same labels as attention here (100.00% at 161 x 161 on
+# four photos) and so the same agreement with pydensecrf2. With the row normalisation teacher B agrees 99.2-99.97%,
+# teacher A (wider colour kernel) 97.7-99.99% on four photos; ``normalization="symmetric"`` (pydensecrf2's, what
+# voc_released / voc_paper use) brings teacher A to 99.6% on CAM-like maps at 41, 81 and 161: what remains is the
+# lattice's approximation.
 def test_labels_agree_with_pydensecrf_on_real_photos_at_161_teacher_b(photos):
     agree = dense_agreement(photos[:2], 161, TEACHER_B)
     assert min(agree) >= 0.99, agree
 
 
 def test_labels_agree_with_pydensecrf_on_a_real_photo_at_161_teacher_a(photos):
-    (agree,) = dense_agreement(photos[:1], 161, TEACHER_A)
-    assert agree >= 0.985, agree
+    (row,) = dense_agreement(photos[:1], 161, TEACHER_A)
+    (symmetric,) = dense_agreement(photos[:1], 161, dataclasses.replace(TEACHER_A, normalization="symmetric"))
+    assert row >= 0.985 and symmetric >= 0.99 and symmetric > row, (row, symmetric)
 
 
 def test_labels_agree_with_pydensecrf_on_a_real_photo_at_321(photos):
@@ -360,3 +362,28 @@ def asdt_loss_terms(loss: ASDTLoss) -> tuple[list[torch.Tensor], dict[str, torch
     t = loss.teacher_targets(image, valid, image_labels, cams, refine)
     _total, terms = loss(image, valid, image_labels, cams, refine, student, torch.tensor(0.7), 10_000, 1)
     return [t.labels_a, t.target_b], terms
+
+
+def test_symmetric_normalisation_is_pydensecrfs_and_the_same_in_full_and_attention():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 9, 11) * 255
+    q = torch.softmax(torch.randn(2, 3, 9, 11), 1)
+    p = CRFParams(normalization="symmetric", bilateral_sxy=20.0, gaussian_sxy=2.0)
+    # by hand: K_ij = exp(-|f_i - f_j|^2 / 2) with self, n = (K 1)^-1/2, message = compat * n * (K (n q))
+    pos = position_features(2, 9, 11, 1.0, 1.0, image.device, torch.float64)
+    expected = 0
+    for sxy, srgb, compat in ((2.0, None, p.gaussian_compat), (20.0, p.bilateral_srgb, p.bilateral_compat)):
+        f = pos / sxy if srgb is None else torch.cat([pos / sxy, image.double().flatten(2).transpose(1, 2) / srgb], 2)
+        k = torch.exp(-(torch.cdist(f, f) ** 2) / 2)
+        n = k.sum(2, keepdim=True).rsqrt()
+        expected = expected + compat * n * (k @ (n * q.double().flatten(2).transpose(1, 2)))
+    expected = expected.transpose(1, 2).reshape(2, 3, 9, 11)
+    full = crf_kernel(image, dataclasses.replace(p, connectivity="full"))
+    message_full = torch.matmul(q.flatten(2), full.transpose(1, 2)).view_as(q)
+    message_attention = crf_kernel(image, dataclasses.replace(p, connectivity="attention")).message(q)
+    torch.testing.assert_close(message_full.double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(message_attention.double(), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="symmetric"):
+        CRFParams(normalization="symmetric", connectivity="local")
+    with pytest.raises(ValueError, match="normalization"):
+        CRFParams(normalization="none")

@@ -42,6 +42,7 @@ from torch.profiler import record_function
 from .crf_attention import AttentionCRFKernel, attention_crf_kernel, attention_mean_field
 
 CONNECTIVITIES = ("local", "full", "attention", "dense", "auto")
+NORMALIZATIONS = ("row", "symmetric")  # CRFParams.normalization
 FULL_KERNEL_MAX_BYTES = 8 << 30  # a (B, N, N) float32 kernel above this is refused with a clear message
 AUTO_FULL_MAX_BYTES = 512 << 20  # connectivity="auto": full up to this (B, N, N) float32 kernel, attention above
 _LOG_FLOOR = -87.0  # exp(-87) ~ 1.6e-38, just above float32's smallest normal number
@@ -63,9 +64,17 @@ class CRFParams:
     connectivity: str = "full"  # "full" (every pixel of the label grid) | "attention" (the same, linear memory)
     # | "dense" (pydensecrf2 on the CPU) | "auto" (full where it fits AUTO_FULL_MAX_BYTES, else attention)
     # | "local" (window x window)
+    normalization: str = "row"  # "row": sum_{j != i} k_ij q_j / S_i | "symmetric": n_i sum_j k_ij n_j q_j with
+    # n = S^-1/2, self included (pydensecrf's; full, attention and dense)
 
     def __post_init__(self) -> None:
         check_connectivity(self.connectivity)
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"CRF normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
+        if self.normalization == "symmetric" and self.connectivity == "local":
+            raise ValueError("CRF normalization=symmetric needs connectivity full, attention, dense or auto, not local")
 
 
 def check_connectivity(connectivity: str) -> None:
@@ -198,8 +207,10 @@ def full_affinity(
     valid: torch.Tensor | None = None,
     scale: float = 1.0,
     out: torch.Tensor | None = None,
+    symmetric: bool = False,
 ) -> torch.Tensor:
-    """Kernel weights between every pair of pixels of the grid, self excluded, normalised (see module).
+    """Kernel weights between every pair of pixels of the grid, self excluded, normalised (see module);
+    ``symmetric``: ``n_i k_ij n_j`` with ``n = S^-1/2``, self included (``pydensecrf``'s normalisation).
 
     ``k_ij = exp(-|p_i - p_j|^2 / 2 sxy^2 - |I_i - I_j|^2 / 2 srgb^2)``, positions in image pixels, computed for
     all pairs with one batched matrix product. Weights below ``e^-40`` are 0.
@@ -236,6 +247,11 @@ def full_affinity(
             logk = torch.bmm(left, right, out=out)
         else:
             logk = torch.bmm(left, right)
+    if symmetric:
+        k = logk.clamp_(_FULL_LOG_FLOOR, 0.0).exp_().sub_(math.exp(_FULL_LOG_FLOOR))
+        k.diagonal(dim1=1, dim2=2).fill_(1.0)  # the pixel's own weight, exp(0)
+        norm = k.sum(2).rsqrt_()  # (B, N)
+        return k.mul_(norm[:, :, None]).mul_(norm[:, None, :] * scale)  # symmetric
     logk.diagonal(dim1=1, dim2=2).fill_(-math.inf)  # no self-interaction
     # weights at the floor become exp(floor) - exp(floor) = 0 (to a float32 ulp, ~1e-25): none is subnormal. (Not
     # exp of -inf: the vectorised exp takes a slow path, 10x, for inputs that underflow.)
@@ -320,10 +336,12 @@ def crf_kernel(
     if connectivity == "attention":
         return attention_crf_kernel(image, params, pixel_step)
     if connectivity == "full":
-        gauss = full_affinity(image[:1], params.gaussian_sxy, None, pixel_step)  # (1, N, N): the same for all
+        symmetric = params.normalization == "symmetric"
+        gauss = full_affinity(image[:1], params.gaussian_sxy, None, pixel_step, symmetric=symmetric)  # same for all
         bilat = full_affinity(
-            image, params.bilateral_sxy, params.bilateral_srgb, pixel_step, None, params.bilateral_compat, out
-        )
+            image, params.bilateral_sxy, params.bilateral_srgb, pixel_step, None, params.bilateral_compat, out,
+            symmetric,
+        )  # fmt: skip
         return bilat.add_(gauss, alpha=params.gaussian_compat)
     gauss = local_affinity(image, params.window, params.gaussian_sxy, None, pixel_step)
     bilat = local_affinity(image, params.window, params.bilateral_sxy, params.bilateral_srgb, pixel_step)

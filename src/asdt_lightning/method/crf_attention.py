@@ -104,7 +104,8 @@ def _sdpa_all(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
 
 class SeparableGaussian:
-    """The spatial Gaussian kernel over all pixel pairs, normalised as ``full``, self excluded, as two small matrices.
+    """The spatial Gaussian kernel over all pixel pairs, normalised as ``full``, self excluded, as two small matrices
+    (``symmetric``: ``n_i k_ij n_j`` with ``n = S^-1/2``, self included, as ``pydensecrf``).
 
     ``k_ij = ky[y_i, y_j] kx[x_i, x_j]``, so ``sum_j k_ij v_j = (K_y V K_x)_i`` per channel; ``S_i`` is the product
     of the two matrices' row sums. Entries below ``e^-40`` are 0.
@@ -114,37 +115,40 @@ class SeparableGaussian:
         weight: multiplies the normalised weights (a CRF's ``compat``).
     """
 
-    def __init__(self, h: int, w: int, sxy: float, pixel_step: float, weight: float, device: torch.device) -> None:
+    def __init__(
+        self,
+        h: int,
+        w: int,
+        sxy: float,
+        pixel_step: float,
+        weight: float,
+        device: torch.device,
+        symmetric: bool = False,
+    ) -> None:
         def axis(n: int) -> torch.Tensor:  # (n, n)
             r = torch.arange(n, device=device, dtype=torch.float32)
             logk = -(((r[:, None] - r[None]) * (pixel_step / sxy)) ** 2) / 2
             return torch.where(logk > -LOG_FLOOR, logk.exp(), torch.zeros_like(logk))
 
         self.ky, self.kx = axis(h), axis(w)
-        self.scale = weight / (self.ky.sum(1)[:, None] * self.kx.sum(1)[None, :])  # (h, w): compat / S_i
-
-    def sums(self, values: torch.Tensor) -> torch.Tensor:
-        """(B, N, V) values -> (B, N, V) the unnormalised ``sum_j k_ij v_j`` over every pixel, self included
-        (``weight`` not applied): ``o_v / o_s`` of one pass, both accurate to float32 rounding. No gradient."""
-        with torch.no_grad(), exact_float32(values.device):
-            v = values.to(self.feats.dtype)
-            if self.order is not None:
-                v = v.gather(1, self.order[..., None].expand_as(v))
-            o = self._attend(F.pad(v, (0, 1))[:, None])[:, 0]  # (B, N, V + 1)
-            total = o[..., :-1] / o[..., -1:]
-            if self.inverse is not None:
-                total = total.gather(1, self.inverse[..., None].expand_as(total))
-        return total.to(values.dtype)
+        self.symmetric, self.weight = symmetric, weight
+        totals = self.ky.sum(1)[:, None] * self.kx.sum(1)[None, :]  # (h, w): S_i, self included
+        self.scale = totals.rsqrt() if symmetric else weight / totals  # (h, w): n_i, or compat / S_i
 
     def message(self, q: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) marginals -> (B, K, h, w) weighted messages."""
         with exact_float32(q.device):
             v = q.float()
+            if self.symmetric:  # n_i sum_j k_ij n_j v_j, self included
+                return (torch.matmul(torch.matmul(self.ky, v * self.scale), self.kx) * self.scale * self.weight).to(
+                    q.dtype
+                )
             return ((torch.matmul(torch.matmul(self.ky, v), self.kx) - v) * self.scale).to(q.dtype)
 
     def to(self, device: torch.device | str) -> SeparableGaussian:
         moved = object.__new__(SeparableGaussian)
         moved.ky, moved.kx, moved.scale = self.ky.to(device), self.kx.to(device), self.scale.to(device)
+        moved.symmetric, moved.weight = self.symmetric, self.weight
         return moved
 
     @property
@@ -172,6 +176,7 @@ class GaussianAttention:
         self.order: torch.Tensor | None = None  # pruned: (B, N) the sorted pixel order, and its inverse
         self.inverse: torch.Tensor | None = None
         self.blocks: list[tuple[int, int, int, int, int]] = []  # pruned: (image, q0, q1, k0, k1), sorted order
+        self.norm: torch.Tensor | None = None  # (B, N, 1) S^-1/2 once ``symmetric_normalization`` is called
         with exact_float32(feats.device):
             feats = feats - feats.mean(1, keepdim=True)
             if not self.prune:
@@ -262,9 +267,20 @@ class GaussianAttention:
         return total.to(values.dtype)
 
     def message(self, q: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) marginals -> (B, K, h, w) weighted messages."""
+        """(B, K, h, w) marginals -> (B, K, h, w) weighted messages: ``weight * sum_{j != i} k_ij q_j / S_i``, or with
+        ``symmetric_normalization`` set, ``weight * n_i sum_j k_ij n_j q_j`` (``n = S^-1/2``, self included: the
+        normalisation of ``pydensecrf``'s kernels)."""
         b, k, h, w = q.shape
-        return self.apply(q.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, k, h, w)
+        flat = q.flatten(2).transpose(1, 2)
+        if self.norm is not None:
+            return (self.sums(flat * self.norm) * self.norm * self.weight).transpose(1, 2).reshape(b, k, h, w)
+        return self.apply(flat).transpose(1, 2).reshape(b, k, h, w)
+
+    def symmetric_normalization(self) -> GaussianAttention:
+        """Switch ``message`` to the symmetric normalisation (one attention pass for ``S``); returns ``self``."""
+        ones = torch.ones_like(self.feats[..., :1])
+        self.norm = self.sums(ones).rsqrt()  # (B, N, 1)
+        return self
 
     def to(self, device: torch.device | str) -> GaussianAttention:
         moved = object.__new__(GaussianAttention)
@@ -343,11 +359,12 @@ def attention_crf_kernel(
 ) -> AttentionCRFKernel:
     """``crf.crf_kernel`` for ``connectivity="attention"``: (B, 3, H, W) RGB 0..255 at the label resolution."""
     _b, _, h, w = image.shape
-    gaussian = SeparableGaussian(h, w, params.gaussian_sxy, pixel_step, params.gaussian_compat, image.device)
+    symmetric = params.normalization == "symmetric"
+    gaussian = SeparableGaussian(h, w, params.gaussian_sxy, pixel_step, params.gaussian_compat, image.device, symmetric)
     bilateral = bilateral_attention(
         image, params.bilateral_sxy, params.bilateral_srgb, pixel_step, None, params.bilateral_compat, prune
     )
-    return AttentionCRFKernel(gaussian, bilateral)
+    return AttentionCRFKernel(gaussian, bilateral.symmetric_normalization() if symmetric else bilateral)
 
 
 def attention_mean_field(
