@@ -27,7 +27,8 @@ def test_png_folder_is_scored_against_ground_truth(tmp_path):
         if i % 2:  # damage every second prediction
             pred[:10] = 0
         write_mask_png(tmp_path / "pred" / f"{name}.png", pred)
-    report = run_evaluate(compose_plain("evaluate", f"pred_dir={tmp_path / 'pred'}", f"out={tmp_path / 'out'}", *FAST))
+    given = [f"pred_dir={tmp_path / 'pred'}", "split=val", *FAST]
+    report = run_evaluate(compose_plain("evaluate", f"out={tmp_path / 'out'}", *given))
     expected = numpy_miou(
         [read_mask(tmp_path / "pred" / f"{n}.png") for n in names],
         [gts[n] for n in names],
@@ -43,10 +44,10 @@ def test_png_folder_is_scored_against_ground_truth(tmp_path):
 
     (tmp_path / "pred" / f"{names[0]}.png").unlink()
     with pytest.raises(ASDTUserError, match=f"1 of {len(names)} images"):
-        run_evaluate(compose_plain("evaluate", f"pred_dir={tmp_path / 'pred'}", f"out={tmp_path / 'o2'}", *FAST))
+        run_evaluate(compose_plain("evaluate", f"out={tmp_path / 'o2'}", *given))
     write_mask_png(tmp_path / "pred" / f"{names[0]}.png", np.zeros((5, 5), np.uint8))
     with pytest.raises(ASDTUserError, match="original image size"):
-        run_evaluate(compose_plain("evaluate", f"pred_dir={tmp_path / 'pred'}", f"out={tmp_path / 'o3'}", *FAST))
+        run_evaluate(compose_plain("evaluate", f"out={tmp_path / 'o3'}", *given))
 
 
 def test_checkpoint_is_scored_per_branch_with_and_without_crf(tmp_path):
@@ -255,3 +256,43 @@ def test_without_image_labels_every_branch_scores_the_segmentation_setting(tmp_p
         assert restricted[2] < restricted.sum()  # images without class 2 get their own classes
     cam = torch.tensor(without["results"]["cam"]["none"]["confusion"]).sum(0)
     assert cam[0] + cam[2] == cam.sum()  # background or the predicted class
+
+
+def test_split_follows_the_setting_pseudo_masks_on_train_segmentation_on_val(tmp_path):
+    """``split: null``: the pseudo-mask list with image labels (VOC train, 1,464), the validation list without them
+    and for a second-stage checkpoint; an explicit split wins."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from asdt_lightning.data.voc import VOC_CLASSES
+    from asdt_lightning.evaluate import default_split
+    from segmenter_helpers import save_segmenter_checkpoint
+
+    def config(*overrides):  # any dataset (compose_plain sets the tiny synthetic one's keys)
+        with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+            return OmegaConf.to_container(compose("evaluate", overrides=["out=o", *overrides]), resolve=True)
+
+    def split_of(*overrides):
+        return default_split(config("pred_dir=p", *overrides))
+
+    voc = ["dataset=voc"]
+    assert config("pred_dir=p")["split"] is None
+    assert split_of(*voc) == "train" and split_of(*voc, "image_labels=false") == "val"
+    assert (
+        split_of(*voc, "split=val") == "val" and split_of(*voc, "split=train_aug", "image_labels=false") == "train_aug"
+    )
+    assert split_of("dataset=coco_stuff") == "train" and split_of("dataset=coco_stuff", "image_labels=false") == "test"
+    assert split_of("dataset.train_list=mine.txt") == "mine.txt"  # synthetic: its (overridden) training list
+    asdt = save_asdt_checkpoint(tmp_path / "asdt.ckpt", class_names=VOC_CLASSES)
+    segmenter = save_segmenter_checkpoint(tmp_path / "seg.ckpt", VOC_CLASSES)
+    assert default_split(config(f"ckpt={asdt}", *voc)) == "train"
+    assert default_split(config(f"ckpt={segmenter}", *voc)) == "val"  # no image-label setting
+    with pytest.raises(ASDTUserError, match="not found"):
+        default_split(config(f"ckpt={tmp_path / 'nope.ckpt'}"))
+
+    ckpt = save_asdt_checkpoint(tmp_path / "last.ckpt")
+    given = [f"ckpt={ckpt}", "figure=false", "limit=2", "crfs=[none]", "branches=[fused]", *FAST]
+    report = run_evaluate(compose_plain("evaluate", f"out={tmp_path / 'a'}", *given))
+    without = run_evaluate(compose_plain("evaluate", f"out={tmp_path / 'b'}", *given, "image_labels=false"))
+    assert (report["split"], report["split_images"]) == ("train", 10)  # the tiny root's 10 training images
+    assert (without["split"], without["split_images"]) == ("val", 6)

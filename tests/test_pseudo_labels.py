@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,3 +279,129 @@ def test_fusion_defaults_to_the_checkpoints_own_and_an_explicit_one_overrides_it
     assert json.loads((tmp_path / "default" / "export.json").read_text())["params"]["fusion"] == "mean"
     assert digests(tmp_path / "default") == digests(tmp_path / "mean") != digests(tmp_path / "max")
     assert export(ckpt, tmp_path / "default", "fusion=mean")["skipped"] == 10  # the manifest holds the rule used
+
+
+def block_pydensecrf(monkeypatch):
+    """Make ``import pydensecrf...`` fail, as without the crf extra."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pydensecrf(name, *args, **kwargs):
+        if name.startswith("pydensecrf"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pydensecrf)
+
+
+def test_crf_auto_is_the_dense_crf_with_pydensecrf2_and_none_without(ckpt, tmp_path, monkeypatch, capsys):
+    from asdt_lightning.method.dense_crf import resolve_crf
+
+    pytest.importorskip("pydensecrf.densecrf")
+    assert compose_plain("pseudo_labels", "ckpt=x")["crf"] == "auto"
+    assert [resolve_crf(c) for c in ("auto", "none", "local", "dense")] == ["dense", "none", "local", "dense"]
+    export(ckpt, tmp_path / "with")  # the default
+    assert json.loads((tmp_path / "with" / "export.json").read_text())["params"]["crf"] == "dense"
+    assert "crf=auto: the exact dense CRF" in capsys.readouterr().out
+    export(ckpt, tmp_path / "dense", "crf=dense")
+    assert digests(tmp_path / "with") == digests(tmp_path / "dense")
+
+    block_pydensecrf(monkeypatch)
+    assert resolve_crf("auto") == "none" and resolve_crf("local") == "local"
+    export(ckpt, tmp_path / "without")
+    assert json.loads((tmp_path / "without" / "export.json").read_text())["params"]["crf"] == "none"
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("crf=auto")]
+    assert note == [
+        "crf=auto: no CRF (pydensecrf2 is not installed; pip install 'asdt-lightning[crf]' for the exact dense CRF, "
+        "or crf=local)"
+    ]
+    export(ckpt, tmp_path / "none", "crf=none")
+    assert digests(tmp_path / "without") == digests(tmp_path / "none")
+
+
+SERVER_DIR = "results/VOC2012/Segmentation/comp6_test_cls"
+
+
+@pytest.mark.parametrize("kind", ["asdt", "segmenter"])
+def test_voc_test_is_exported_in_the_evaluation_servers_layout(tmp_path, monkeypatch, kind):
+    """``layout=voc_server``: exactly results/VOC2012/Segmentation/comp6_test_cls/<name>.png, VOC-palette 'P' PNGs at
+    each image's size with labels 0..20 only, resumable, and the archive command it prints packs that folder."""
+    import shlex
+    import tarfile
+
+    from asdt_lightning.data.voc import VOC_CLASSES, voc_palette
+    from segmenter_helpers import save_segmenter_checkpoint
+
+    monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
+    sizes = [(30, 40), (36, 28), (30, 40)]
+    root, names = voc_test_root(tmp_path, sizes)
+    run = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    save = save_asdt_checkpoint if kind == "asdt" else save_segmenter_checkpoint
+    voc_ckpt = save(run, class_names=VOC_CLASSES)
+    out = tmp_path / "server"
+    args = [f"ckpt={voc_ckpt}", f"out={out}", f"dataset.root={root}", "split=test", "layout=voc_server", *FAST]
+    summary = pl.run_export(compose_voc(*args))
+    assert summary["written"] == 3 and summary["mask_dir"] == str(out / SERVER_DIR)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == sorted([*(f"{SERVER_DIR}/{n}.png" for n in names), "export.json"])
+    for name, (h, w) in zip(names, sizes, strict=True):
+        with Image.open(out / SERVER_DIR / f"{name}.png") as im:
+            assert (im.format, im.mode, im.size) == ("PNG", "P", (w, h))
+            assert im.getpalette()[:768] == voc_palette()
+        assert set(np.unique(read_mask(out / SERVER_DIR / f"{name}.png"))) <= set(range(21))
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["layout"] == "voc_server" and manifest["params"]["restrict"] is False
+    assert summary["upload"] == f"tar -czf results.tgz -C {out} results"
+    assert pl.run_export(compose_voc(*args))["skipped"] == 3  # resumable as the flat layout
+
+    subprocess.run(shlex.split(summary["upload"]), check=True, cwd=tmp_path)  # the printed command as it is
+    with tarfile.open(tmp_path / "results.tgz") as tar:
+        packed = sorted(m.name for m in tar.getmembers() if m.isfile())
+    assert packed == sorted(f"{SERVER_DIR}/{n}.png" for n in names)
+    no_out = [a for a in args if not a.startswith("out=")]
+    default = pl.run_export(compose_voc(*no_out))["out"]  # beside the run's pseudo_masks/
+    assert default == str(tmp_path / "run" / "voc_server" / "test")
+
+
+def test_voc_server_export_never_takes_ground_truth_image_labels(tmp_path, monkeypatch):
+    """Even on a list with annotations (val), the server layout predicts every image's classes with the classifier
+    and scores R, S and fused over all classes (evaluate image_labels=false); the flat layout takes the labels."""
+    from asdt_lightning.data.voc import VOC_CLASSES
+    from data_roots import make_voc
+
+    monkeypatch.setenv("ASDT_CACHE", str(tmp_path / "cache"))
+    root = make_voc(tmp_path, {"a": ["cat"], "b": ["dog", "person"]})
+    voc_ckpt = save_asdt_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", class_names=VOC_CLASSES)
+    predicted, restricted = [], []
+    real_predicted, real_outputs = pl.predicted_image_labels, pl.model_outputs
+    monkeypatch.setattr(pl, "predicted_image_labels", lambda *a: predicted.append(1) or real_predicted(*a))
+    monkeypatch.setattr(pl, "model_outputs", lambda *a: restricted.append(a[-1]) or real_outputs(*a))
+    common = [f"ckpt={voc_ckpt}", f"dataset.root={root}", "split=val", *FAST]
+    pl.run_export(compose_voc(*common, f"out={tmp_path / 'flat'}"))
+    assert (predicted, set(restricted)) == ([], {True})
+    restricted.clear()
+    pl.run_export(compose_voc(*common, f"out={tmp_path / 'server'}", "layout=voc_server"))
+    assert predicted and set(restricted) == {False}
+    assert "predicted_image_labels_threshold" in json.loads((tmp_path / "server" / "export.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["layout=zip"], "unknown layout 'zip'; choose one of flat, voc_server"),
+        (["layout=voc_server"], "layout=voc_server is the PASCAL VOC server's; use dataset=voc, not synthetic"),
+        (["layout=voc_server", "dataset=voc", "confidence=0.5"], "needs confidence=0: the server scores labels 0..20"),
+        (["layout=voc_server", "dataset=voc", "save_confidence=true"], "writes label maps only"),
+    ],
+)
+def test_server_layout_refusals_come_before_the_checkpoint_is_read(tmp_path, overrides, message):
+    given = [
+        f"ckpt={tmp_path / 'missing.ckpt'}",
+        f"out={tmp_path / 'o'}",
+        *(o for o in overrides if o != "dataset=voc"),
+    ]
+    cfg = compose_voc(*given) if "dataset=voc" in overrides else compose_plain("pseudo_labels", *given)
+    with pytest.raises(ASDTUserError, match=re.escape(message)) as err:
+        pl.run_export(cfg)
+    assert "\n" not in str(err.value) and not (tmp_path / "o").exists()

@@ -1,7 +1,8 @@
 """mIoU of a checkpoint (per branch, with and without CRF) or of a folder of predicted PNGs, against ground truth.
 
-    python -m asdt_lightning.evaluate ckpt=outputs/<run>/checkpoints/last.ckpt           # synthetic val, all branches
-    python -m asdt_lightning.evaluate ckpt=... split=train 'crfs=[none,dense]' scales=[1.0,0.5,1.5] flip=true
+    python -m asdt_lightning.evaluate ckpt=outputs/<run>/checkpoints/last.ckpt           # pseudo masks, all branches
+    python -m asdt_lightning.evaluate ckpt=... image_labels=false                      # the segmentation setting, val
+    python -m asdt_lightning.evaluate ckpt=... split=val 'crfs=[none,dense]' scales=[1.0,0.5,1.5] flip=true
     python -m asdt_lightning.evaluate pred_dir=outputs/<run>/pseudo_masks/train split=train   # a PNG folder
     python -m asdt_lightning.evaluate ckpt=outputs/segment/<run>/checkpoints/last.ckpt      # a second-stage model
 
@@ -11,7 +12,9 @@ present in the ground truth or the prediction. A predicted 255 (an unlabelled ps
 ASDT branches are restricted to each image's ground-truth classes (the pseudo-mask setting); with
 ``image_labels=false`` they are not (the segmentation setting that one-stage papers report: R, S and fused over all
 classes, the CAM over the classes its classifier predicts). The CAM is scored at its best background threshold on
-the split unless ``cam_threshold`` is given. Writes ``results.json``,
+the split unless ``cam_threshold`` is given. ``split: null`` follows the setting, as the literature reports it:
+pseudo masks on ``dataset.pseudo_mask_list`` (VOC ``train``, 1,464 images), the segmentation setting and
+second-stage checkpoints on ``dataset.val_list``. Writes ``results.json``,
 ``results.md`` and a confusion-matrix figure per entry to ``out`` (default: the Hydra run folder).
 """
 
@@ -43,12 +46,14 @@ from .lit.inference import (
     CRFKernels,
     InferenceParams,
     checkpoint_fusion,
+    checkpoint_kind,
     checkpoint_normalisation,
     crf_params_from,
     label_maps,
     load_model,
     model_outputs,
     predicted_image_labels,
+    read_checkpoint,
     resolve_device,
 )
 from .method.cam import CAM_THRESHOLDS, cam_label_maps
@@ -509,10 +514,34 @@ def checkpoint_report(
     return {"checkpoint": str(ckpt), "kind": kind, "params": used, **scores}
 
 
+def peek_checkpoint_kind(path: str | Path) -> str:
+    """``checkpoint_kind`` of the checkpoint at ``path``, its weights memory-mapped rather than read (cheap); a file
+    that does not map (missing, foreign, legacy format) takes ``read_checkpoint``'s one-line error or full read."""
+    try:
+        ckpt = torch.load(Path(path).expanduser(), map_location="cpu", mmap=True, weights_only=False)
+    except Exception:
+        ckpt = None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        ckpt = read_checkpoint(path)
+    return checkpoint_kind(ckpt)
+
+
+def default_split(cfg: dict[str, Any]) -> str:
+    """``split``, or with ``split: null`` the setting's list: ``dataset.pseudo_mask_list`` for pseudo masks
+    (``image_labels`` true), ``dataset.val_list`` for the segmentation setting and second-stage checkpoints."""
+    if cfg["split"] is not None:
+        return str(cfg["split"])
+    data = cfg["dataset"]
+    segmenter = bool(cfg["ckpt"]) and peek_checkpoint_kind(cfg["ckpt"]) == "segmenter"
+    if cfg["image_labels"] and not segmenter:
+        return str(data.get("pseudo_mask_list") or data["train_list"])
+    return str(data["val_list"])
+
+
 def run_evaluate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check everything cheap, then evaluate and write the report. ``cfg``: the plain evaluate config."""
     branches, crfs = check_evaluate_config(cfg)
-    data, split = cfg["dataset"], cfg["split"]
+    data, split = cfg["dataset"], default_split(cfg)
     reader = reader_for(data)
     out = Path(cfg["out"]).expanduser()
     dataset = InferenceImages(reader, split, data["mean"], data["std"], require_masks=True)

@@ -9,6 +9,14 @@ confidence map (``<out>/confidence/<name>.png``, uint8: round(255 * confidence))
 a re-run skips the images already done, so an interrupted export resumes and gives the same files as an
 uninterrupted one (images are always predicted in the same batches). ``<out>/export.json`` records the settings;
 a folder made with other settings is refused.
+
+``layout=voc_server`` writes the PASCAL VOC evaluation server's layout instead,
+``<out>/results/VOC2012/Segmentation/comp6_test_cls/<name>.png`` (``export.json`` stays in ``<out>``, outside the
+archive), in the segmentation setting: no ground-truth image labels, the classes of every image predicted by the
+classifier and R, S and fused over all classes, as ``evaluate image_labels=false`` scores them::
+
+    python -m asdt_lightning.pseudo_labels ckpt=... dataset=voc split=test layout=voc_server out=/data/voc_test
+    tar -czf results.tgz -C /data/voc_test results     # the file to upload
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,9 +55,11 @@ from .lit.inference import (
     predicted_image_labels,
     resolve_device,
 )
-from .method.dense_crf import check_crf
+from .method.dense_crf import CRF_AUTO, auto_crf_note, check_crf, resolve_crf
 
 MANIFEST = "export.json"
+LAYOUTS = ("flat", "voc_server")  # <out>/<name>.png | the VOC evaluation server's folders (VOC_SERVER_DIR)
+VOC_SERVER_DIR = Path("results/VOC2012/Segmentation/comp6_test_cls")  # comp6: trained with outside data
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -141,6 +152,11 @@ def is_exported(out: Path, name: str, save_confidence: bool) -> bool:
     return png_ok(out / f"{name}.png", "P")
 
 
+def uses_image_labels(dataset: InferenceImages, params: InferenceParams) -> bool:
+    """Whether the export takes each image's ground-truth classes (else the classifier's predicted ones)."""
+    return dataset.labels_known and params.restrict
+
+
 def predict_masks(
     module: torch.nn.Module,
     batch: dict[str, Any],
@@ -151,14 +167,14 @@ def predict_masks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W) label maps and confidences of one collated batch, as numpy arrays.
 
-    ``label_threshold``: for images without image labels, the ASDT classifier's score above which a class is taken
-    (``predicted_image_labels``); None: the batch's own image labels."""
+    ``label_threshold``: for images without image labels (or ``params.restrict`` False), the ASDT classifier's score
+    above which a class is taken (``predicted_image_labels``); None: the batch's own image labels."""
     images = batch["image"].to(device, non_blocking=True)
     labels = batch["labels"].to(device)
     if label_threshold is not None and hasattr(module, "branch_probabilities"):
         # e.g. VOC test: the ASDT classifier says which classes each image holds
         labels = predicted_image_labels(module, images, label_threshold)
-    outputs = model_outputs(module, images, labels, params.scales, params.flip)
+    outputs = model_outputs(module, images, labels, params.scales, params.flip, params.restrict)
     masks, conf = label_maps(outputs, batch["rgb"].to(device), labels, batch["size"], params, has_background)
     return masks.cpu().numpy(), conf.cpu().numpy()
 
@@ -214,8 +230,9 @@ def export_pseudo_masks(
 ) -> dict[str, Any]:
     """Predict and write the masks of every image of ``dataset`` not yet in ``out``; returns counts and timing.
 
-    Images without image labels (``dataset.labels_known`` False) take the classes the CAM branch predicts with a
-    sigmoid score above ``label_threshold`` (at least the top one)."""
+    Images without image labels (``dataset.labels_known`` False), and every image in the segmentation setting
+    (``params.restrict`` False), take the classes the classifier predicts with a sigmoid score above
+    ``label_threshold`` (at least the top one)."""
     removed = prepare_out(out)
     names = dataset.names
     done = {n for n in names if is_exported(out, n, save_confidence)}
@@ -228,7 +245,7 @@ def export_pseudo_masks(
         collate_fn=pad_collate,
         pin_memory=device.type == "cuda",
     )
-    predicted_labels = None if dataset.labels_known else label_threshold
+    predicted_labels = None if uses_image_labels(dataset, params) else label_threshold
     start = time.perf_counter()
     written = 0
     with tqdm(total=todo, unit="img", desc="pseudo masks", disable=not progress, dynamic_ncols=True) as bar:
@@ -261,16 +278,40 @@ def inference_params(cfg: dict[str, Any], ckpt: Path | None = None) -> Inference
         fusion="max" if cfg["fusion"] is None else cfg["fusion"],
         scales=tuple(float(s) for s in cfg["scales"]),
         flip=bool(cfg["flip"]),
-        crf=cfg["crf"],
+        crf=resolve_crf(cfg["crf"]),
         crf_params=crf_params_from(cfg["crf_params"]),
         confidence=float(cfg["confidence"]),
         cam_threshold=None if cam_threshold is None else float(cam_threshold),
+        restrict=cfg["layout"] != "voc_server",  # the server's predictions: the segmentation setting
     )
 
 
-def default_out_dir(ckpt: Path, split: str) -> Path:
-    """``<run>/pseudo_masks/<split>`` for a checkpoint at ``<run>/checkpoints/<file>.ckpt``."""
-    return ckpt.parent.parent / "pseudo_masks" / Path(split).stem
+def default_out_dir(ckpt: Path, split: str, layout: str = "flat") -> Path:
+    """``<run>/pseudo_masks/<split>`` (``layout=voc_server``: ``<run>/voc_server/<split>``) for a checkpoint at
+    ``<run>/checkpoints/<file>.ckpt``."""
+    return ckpt.parent.parent / ("voc_server" if layout == "voc_server" else "pseudo_masks") / Path(split).stem
+
+
+def mask_dir(out: Path, layout: str) -> Path:
+    """Where the masks go: ``out`` itself, or the evaluation server's folder under it (``VOC_SERVER_DIR``)."""
+    return out / VOC_SERVER_DIR if layout == "voc_server" else out
+
+
+def check_layout(cfg: dict[str, Any]) -> None:
+    """Refuse an unknown layout, or a server export the PASCAL VOC server cannot score, before any work."""
+    layout = cfg["layout"]
+    if layout not in LAYOUTS:
+        raise ASDTUserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout != "voc_server":
+        return
+    if cfg["dataset"]["name"] != "voc":
+        raise ASDTUserError(
+            f"layout=voc_server is the PASCAL VOC server's; use dataset=voc, not {cfg['dataset']['name']}"
+        )
+    if float(cfg["confidence"]) > 0:
+        raise ASDTUserError("layout=voc_server needs confidence=0: the server scores labels 0..20 only, not 255")
+    if cfg["save_confidence"]:
+        raise ASDTUserError("layout=voc_server writes label maps only; set save_confidence=false")
 
 
 def export_manifest(
@@ -286,16 +327,21 @@ def export_manifest(
         "save_confidence": bool(cfg["save_confidence"]),
         "batch_size": int(cfg["batch_size"]),
     }
-    if not dataset.labels_known:
+    if not uses_image_labels(dataset, params):
         manifest["predicted_image_labels_threshold"] = float(cfg["label_threshold"])
+    if cfg["layout"] != "flat":  # flat folders keep the manifest they had before layouts existed
+        manifest["layout"] = cfg["layout"]
     return manifest
 
 
 def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check everything cheap, then export. ``cfg``: the plain pseudo_labels config."""
     ckpt = Path(cfg["ckpt"]).expanduser()
+    check_layout(cfg)
     params = inference_params(cfg, ckpt)
     check_crf(params.crf)
+    if cfg["crf"] == CRF_AUTO:
+        print(auto_crf_note(params.crf))
     if params.branch == "cam" and params.cam_threshold is None and cfg["dataset"]["has_background"]:
         raise ASDTUserError(f"branch=cam needs cam_threshold= (no metrics.json beside {ckpt.parent} to take it from)")
     if not 0 < float(cfg["label_threshold"]) < 1:
@@ -309,13 +355,16 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
     module = load_model(ckpt, reader.class_names, reader.has_background, data["name"], device)
     params = dataclasses.replace(params, fusion=checkpoint_fusion(module, cfg["fusion"]))
     dataset = InferenceImages(reader, split, *checkpoint_normalisation(module, data["mean"], data["std"]))
-    out = Path(cfg["out"]).expanduser() if cfg["out"] else default_out_dir(ckpt, split)
+    layout = cfg["layout"]
+    out = Path(cfg["out"]).expanduser() if cfg["out"] else default_out_dir(ckpt, split, layout)
+    masks = mask_dir(out, layout)
     check_manifest(out, export_manifest(cfg, ckpt, params, dataset))
-    print(f"exporting {len(dataset)} pseudo masks of '{split}' to {out} ({params.branch}, crf={params.crf})")
+    setting = "" if uses_image_labels(dataset, params) else ", without ground-truth image labels"
+    print(f"exporting {len(dataset)} masks of '{split}' to {masks} ({params.branch}, crf={params.crf}{setting})")
     summary = export_pseudo_masks(
         module,
         dataset,
-        out,
+        masks,
         params,
         reader.has_background,
         device,
@@ -325,9 +374,12 @@ def run_export(cfg: dict[str, Any]) -> dict[str, Any]:
         progress=bool(cfg["progress"]),
         label_threshold=float(cfg["label_threshold"]),
     )
-    summary["out"] = str(out)
+    summary["out"], summary["mask_dir"] = str(out), str(masks)
     rate = f", {summary['images_per_second']} images/s" if summary["images_per_second"] else ""
-    print(f"{summary['written']} written, {summary['skipped']} already done{rate}: {out}")
+    print(f"{summary['written']} written, {summary['skipped']} already done{rate}: {masks}")
+    if layout == "voc_server":
+        summary["upload"] = f"tar -czf results.tgz -C {shlex.quote(str(out))} results"
+        print(f"for the evaluation server: {summary['upload']}")
     return summary
 
 

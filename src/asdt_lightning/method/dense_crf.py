@@ -16,6 +16,8 @@ from ..errors import ASDTUserError
 from .crf import CRFParams, mean_field_crf
 
 CRF_CHOICES = ("none", "local", "dense")
+CRF_AUTO = "auto"  # pseudo_labels' default: dense when pydensecrf2 imports, else none (``resolve_crf``)
+CRF_EXTRA = "pip install 'asdt-lightning[crf]'"
 
 
 def load_pydensecrf() -> Any:
@@ -24,10 +26,28 @@ def load_pydensecrf() -> Any:
         import pydensecrf.densecrf as dcrf
     except ImportError:
         raise ASDTUserError(
-            "crf=dense needs the optional pydensecrf2 package: pip install 'asdt-lightning[crf]' "
+            f"crf=dense needs the optional pydensecrf2 package: {CRF_EXTRA} "
             "(or pip install pydensecrf2), or use crf=local"
         ) from None
     return dcrf
+
+
+def resolve_crf(method: str) -> str:
+    """``auto``: ``dense`` when pydensecrf2 imports, else ``none``; any other choice unchanged."""
+    if method != CRF_AUTO:
+        return method
+    try:
+        load_pydensecrf()
+    except ASDTUserError:
+        return "none"
+    return "dense"
+
+
+def auto_crf_note(resolved: str) -> str:
+    """The one line saying what ``crf=auto`` chose (``resolve_crf``) and how to get the dense CRF."""
+    if resolved == "dense":
+        return "crf=auto: the exact dense CRF (pydensecrf2 is installed; crf=none or crf=local to change)"
+    return f"crf=auto: no CRF (pydensecrf2 is not installed; {CRF_EXTRA} for the exact dense CRF, or crf=local)"
 
 
 def check_crf(method: str) -> None:
