@@ -248,3 +248,20 @@ def test_a_dense_crf_without_pydensecrf2_is_refused_before_anything_is_built(mon
     monkeypatch.setattr(checks, "pydensecrf_available", lambda: False)
     with pytest.raises(ASDTUserError, match=r"model.teacher_b.crf.connectivity=dense needs .*pip install"):
         check_config(cfg)
+
+
+def test_a_recipe_without_weights_warns_that_its_cam_head_starts_at_random(caplog):
+    import logging
+
+    from asdt_lightning.train import warn_untrained_cam_head
+
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        bare = compose("train", overrides=["experiment=voc_released"])
+        weighted = compose("train", overrides=["experiment=voc_released", "backbone.weights=/w/res38_cls.pth"])
+        default = compose("train")
+    with caplog.at_level(logging.WARNING, logger="asdt_lightning.train"):
+        for cfg in (weighted, default):  # trained weights / a classifier warm-up: nothing to say
+            warn_untrained_cam_head(cfg)
+        assert caplog.records == []
+        warn_untrained_cam_head(bare)
+    assert len(caplog.records) == 1 and "backbone.weights=/path/res38_cls.pth" in caplog.records[0].getMessage()

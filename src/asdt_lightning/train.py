@@ -49,12 +49,24 @@ def check_config(cfg: DictConfig) -> None:
     check_tracking(OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else {}, cfg.tracking)
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
     check_crf_connectivities(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
+    warn_untrained_cam_head(cfg)
     data: dict[str, Any] = OmegaConf.to_container(cfg.dataset, resolve=True)  # type: ignore[assignment]
     check_dataset(data)
     if cfg.get("ckpt_path"):
         plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "backbone")}
         net = network_settings(plain["model"], plain["backbone"])  # type: ignore[arg-type]
         check_resume_checkpoint(cfg.ckpt_path, net, config_class_names(data), data["has_background"], data["name"])
+
+
+def warn_untrained_cam_head(cfg: DictConfig) -> None:
+    """One warning when the CAM head would start at random with no classifier warm-up (``experiment=voc_released``
+    and ``voc_paper`` expect ``res38_cls.pth``, whose ``fc8`` is a trained CAM head)."""
+    if cfg.model.loss.classifier_warmup == 0 and not cfg.backbone.get("weights") and not cfg.backbone.get("pretrained"):
+        log.warning(
+            "model.loss.classifier_warmup=0 but the backbone and CAM head start at random: teacher A's first labels "
+            "come from noise. Pass backbone.weights=/path/res38_cls.pth (its fc8 is the CAM head) or set "
+            "model.loss.classifier_warmup=N"
+        )
 
 
 def network_settings(model: dict[str, Any], backbone: dict[str, Any]) -> dict[str, Any]:
