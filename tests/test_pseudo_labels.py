@@ -166,16 +166,7 @@ def test_dense_crf_needs_the_extra_or_runs(ckpt, tmp_path, monkeypatch):
         return
     summary = export(ckpt, tmp_path / "masks", "crf=dense")
     assert summary["written"] == 10
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_pydensecrf(name, *args, **kwargs):
-        if name.startswith("pydensecrf"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pydensecrf)
+    block_pydensecrf(monkeypatch)
     with pytest.raises(ASDTUserError, match="pip install 'asdt-lightning\\[crf\\]'"):
         export(ckpt, tmp_path / "masks2", "crf=dense")
 
