@@ -27,6 +27,7 @@ from .config import plain_config
 from .errors import run_or_exit
 from .evaluate import check_figure_backend, run_evaluate
 from .io_utils import atomic_write_text
+from .method.crf import pydensecrf_available
 from .method.dense_crf import check_crf
 from .metrics import BRANCH_TITLES
 from .pseudo_labels import run_export
@@ -38,11 +39,7 @@ def resolve_crf(crf: str) -> str:
     """``auto``: the exact dense CRF when pydensecrf2 is installed, else the local PyTorch CRF."""
     if crf != "auto":
         return crf
-    try:
-        import pydensecrf.densecrf  # noqa: F401
-    except ImportError:
-        return "local"
-    return "dense"
+    return "dense" if pydensecrf_available() else "local"
 
 
 def _stage(name: str, done: Path, timings: dict[str, float], work: Callable[[], Any]) -> None:

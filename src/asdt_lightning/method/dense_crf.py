@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import ASDTUserError
-from .crf import CRFParams, mean_field_crf
+from .crf import CRFParams, mean_field_crf, pydensecrf_available
 
 CRF_CHOICES = ("none", "local", "dense")
 CRF_AUTO = "auto"  # pseudo_labels' default: dense when pydensecrf2 imports, else none (``resolve_crf``)
@@ -36,11 +36,7 @@ def resolve_crf(method: str) -> str:
     """``auto``: ``dense`` when pydensecrf2 imports, else ``none``; any other choice unchanged."""
     if method != CRF_AUTO:
         return method
-    try:
-        load_pydensecrf()
-    except ASDTUserError:
-        return "none"
-    return "dense"
+    return "dense" if pydensecrf_available() else "none"
 
 
 def auto_crf_note(resolved: str) -> str:
