@@ -127,6 +127,9 @@ def test_the_real_photos_experiment_builds_lite0_with_the_wheel_weights_and_thei
         "dataset": {k: cfg.dataset[k] for k in ("has_background", "mean", "std")}
     }
     assert cfg.dataset.train_list == cfg.dataset.val_list == "train"  # pseudo masks: scored on the training images
+    low, high = cfg.dataset.resize_long  # trained at about the scale it is scored at, whatever the photos' size
+    assert low < cfg.dataset.val_size < high and cfg.dataset.crop_size <= low
+    assert cfg.model.optimizer.lr * cfg.model.optimizer.head_weight_mult == pytest.approx(1e-3)
     module = build_module(plain, [f"c{i}" for i in range(20)])
     stem = module.net.backbone.body.conv_stem.weight
     assert torch.equal(stem, lite0_wheel_state_dict()["_conv_stem.weight"])
