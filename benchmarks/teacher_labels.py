@@ -11,6 +11,7 @@ grids (and the exact dense CRF when ``pydensecrf2`` is installed), and scored ag
   fg labelled background: foreground pixels labelled background, what a generous background costs.
 
 ``--alpha-high`` compares teacher A's generous background power (``model.teacher_a.alpha_high``) at several values,
+``--alpha-low`` its conservative one (``model.teacher_a.alpha_low``, where its foreground labels come from),
 ``--background power otsu`` its background rules (``model.teacher_a.background``).
 
     python -m benchmarks.teacher_labels --ckpt outputs/<run>/checkpoints/last.ckpt [--images 160] [--md out.md]
@@ -124,12 +125,15 @@ def variants(
     dense: bool,
     alphas_high: list[float] | None = None,
     backgrounds: list[str] | None = None,
+    alphas_low: list[float] | None = None,
 ) -> list[tuple[str, int, TeacherAParams, bool]]:
     """(name, label-grid multiple of the logits, params, exact dense CRF) for every configuration compared."""
     out = []
-    settings = itertools.product(grids, alphas_high or [base.alpha_high], backgrounds or [base.background])
-    for up, alpha, background in settings:
-        params = dataclasses.replace(base, alpha_high=alpha, background=background)
+    settings = itertools.product(
+        grids, alphas_low or [base.alpha_low], alphas_high or [base.alpha_high], backgrounds or [base.background]
+    )
+    for up, low, alpha, background in settings:
+        params = dataclasses.replace(base, alpha_low=low, alpha_high=alpha, background=background)
         crf = params.crf
         no_crf = dataclasses.replace(params, crf=dataclasses.replace(crf, iterations=0))
         out.append(("none (CAM thresholds only)", up, no_crf, False))
@@ -156,7 +160,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = list(itertools.islice(loader, -(-args.images // batch_size)))
     dense = dense_crf_patch() if not args.no_dense else None
     rows = []
-    settings = variants(module.teacher_a, args.grids, dense is not None, args.alpha_high, args.background)
+    settings = variants(
+        module.teacher_a, args.grids, dense is not None, args.alpha_high, args.background, args.alpha_low
+    )
     for name, up, params, exact in settings:
         counts = np.zeros(len(SCORE_KEYS), dtype=np.int64)
         for batch in batches:
@@ -194,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 cam_method.mean_field, cam_method.crf_kernel = saved
             counts += label_scores(labels, batch["mask"], step)
-        background = "otsu" if params.background == "otsu" else f"power {params.alpha_high:g}"
+        background = "otsu" if params.background == "otsu" else f"power {params.alpha_low:g} / {params.alpha_high:g}"
         rows.append({"crf": name, "grid": f"{size[0]}x{size[1]}", "background": background, **score_row(counts)})
         print(rows[-1], flush=True)
     images = sum(len(b["name"]) for b in batches)
@@ -222,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--grids", type=int, nargs="+", default=[1, 2, 8], help="label grid, multiples of the logits")
     p.add_argument(
         "--alpha-high", type=float, nargs="+", default=None, help="teacher A's alpha_high values (default: the run's)"
+    )
+    p.add_argument(
+        "--alpha-low", type=float, nargs="+", default=None, help="teacher A's alpha_low values (default: the run's)"
     )
     p.add_argument(
         "--background", nargs="+", default=None, choices=["power", "otsu"], help="teacher A's background rules"

@@ -190,6 +190,18 @@ def test_teacher_label_quality_table_scores_every_crf(tmp_path):
     assert result["images"] == 4 and "fg precision" in (tmp_path / "t.md").read_text()
 
 
+def test_teacher_label_variants_cross_both_background_powers():
+    from benchmarks.teacher_labels import variants
+
+    from asdt_lightning.method.cam import TeacherAParams
+
+    rows = variants(TeacherAParams(), [1], False, alphas_high=[8, 2], alphas_low=[4, 1])
+    powers = [(p.alpha_low, p.alpha_high) for _name, _up, p, _exact in rows]
+    assert powers == [(4, 8)] * 3 + [(4, 2)] * 3 + [(1, 8)] * 3 + [(1, 2)] * 3  # none, local, full for each pair
+    defaults = variants(TeacherAParams(alpha_low=3.0), [1], False)
+    assert {p.alpha_low for _n, _u, p, _e in defaults} == {3.0}  # without --alpha-low: the run's own
+
+
 def test_heldout_check_gathers_its_runs_with_the_dataset_swapped(tmp_path):
     from benchmarks import heldout_dataset
 
