@@ -12,6 +12,7 @@ grids (and the exact dense CRF when ``pydensecrf2`` is installed), and scored ag
 
 ``--alpha-high`` compares teacher A's generous background power (``model.teacher_a.alpha_high``) at several values,
 ``--alpha-low`` its conservative one (``model.teacher_a.alpha_low``, where its foreground labels come from),
+``--cam-threshold`` adds, for scale, the CAM baseline's maps at those thresholds and R's own prediction,
 ``--background power otsu`` its background rules (``model.teacher_a.background``).
 
     python -m benchmarks.teacher_labels --ckpt outputs/<run>/checkpoints/last.ckpt [--images 160] [--md out.md]
@@ -203,8 +204,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         background = "otsu" if params.background == "otsu" else f"power {params.alpha_low:g} / {params.alpha_high:g}"
         rows.append({"crf": name, "grid": f"{size[0]}x{size[1]}", "background": background, **score_row(counts)})
         print(rows[-1], flush=True)
+    if args.cam_threshold:
+        rows += baseline_rows(module, batches, args.grids[0], args.cam_threshold)
     images = sum(len(b["name"]) for b in batches)
     return {"machine": machine_info(), "command": args.command, "ckpt": str(args.ckpt), "images": images, "rows": rows}
+
+
+def baseline_rows(module: Any, batches: list[dict], up: int, thresholds: list[float]) -> list[dict[str, Any]]:
+    """The same scores for what teacher A is measured against: the CAM baseline's maps (argmax over the image's
+    classes, background below each threshold of ``thresholds``) and R's prediction (argmax over the image's
+    labels), on the same label grid."""
+    counts = np.zeros((len(thresholds) + 1, len(SCORE_KEYS)), dtype=np.int64)
+    for batch in batches:
+        images, image_labels = batch["image"], batch["labels"]
+        out = module.net(images)
+        size = (out.refine_logits.shape[-2] * up, out.refine_logits.shape[-1] * up)
+        cams = F.interpolate(module.training_cams(images, out.cams).float(), size, mode="bilinear")
+        valid = module.valid_at(batch["valid"], size)
+        step = images.shape[-1] / size[-1]
+        maps = cam_method.cam_label_maps(normalize_cams(cams, image_labels), image_labels, thresholds).long()
+        logits = F.interpolate(out.refine_logits.float(), size, mode="bilinear")
+        allowed = cam_method.allowed_labels(image_labels, module.has_background)
+        refine = logits.masked_fill(~allowed[:, :, None, None], float("-inf")).argmax(1)
+        for i, labels in enumerate([*maps, refine]):
+            counts[i] += label_scores(labels.masked_fill(~valid, IGNORE_INDEX), batch["mask"], step)
+    names = [f"CAM baseline, background below {t:g} (no CRF)" for t in thresholds] + ["R's prediction"]
+    grid = f"{size[0]}x{size[1]}"
+    return [{"crf": n, "grid": grid, "background": "-", **score_row(c)} for n, c in zip(names, counts, strict=True)]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -234,6 +260,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument(
         "--background", nargs="+", default=None, choices=["power", "otsu"], help="teacher A's background rules"
+    )
+    p.add_argument(
+        "--cam-threshold",
+        type=float,
+        nargs="+",
+        default=None,
+        help="also score the CAM baseline at these background thresholds and R's prediction (first grid)",
     )
     p.add_argument("--no-dense", action="store_true", help="skip the exact dense CRF even if pydensecrf2 is here")
     p.add_argument("--md", type=Path, default=None)

@@ -177,14 +177,17 @@ def test_teacher_label_quality_table_scores_every_crf(tmp_path):
     data = compose_plain("pseudo_labels", "ckpt=unused", "dataset.val_size=48")["dataset"]  # the run's dataset
     (tmp_path / "run" / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"dataset": data})))
     args = ["--ckpt", str(ckpt), "--images", "4", "--grids", "1", "--no-dense", "--md", str(tmp_path / "t.md")]
-    result = teacher_labels.main([*args, "--background", "power", "otsu"])
+    result = teacher_labels.main([*args, "--background", "power", "otsu", "--cam-threshold", "0.3", "1.0"])
     assert [r["crf"].split(",")[0] for r in result["rows"]] == [
         "none (CAM thresholds only)",
         "local",
         "fully connected",
-    ] * 2
+    ] * 2 + ["CAM baseline", "CAM baseline", "R's prediction"]
     backgrounds = [r["background"] for r in result["rows"]]
-    assert all(b.startswith("power ") for b in backgrounds[:3]) and backgrounds[3:] == ["otsu"] * 3
+    assert all(b.startswith("power ") for b in backgrounds[:3]) and backgrounds[3:6] == ["otsu"] * 3
+    never_foreground = result["rows"][7]  # normalised CAMs never exceed 1: every valid pixel is background
+    assert never_foreground["fg_recall"] == 0 and never_foreground["bg_recall"] == 1
+    assert never_foreground["labelled"] == 1  # the baselines label every pixel, unlike teacher A
     for row in result["rows"]:
         assert 0 <= row["fg_precision"] <= 1 and 0 <= row["fg_recall"] <= 1 and 0 <= row["labelled"] <= 1
     assert result["images"] == 4 and "fg precision" in (tmp_path / "t.md").read_text()
