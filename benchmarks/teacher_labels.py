@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch_size = min(16, args.images)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     batches = list(itertools.islice(loader, -(-args.images // batch_size)))
+    outputs = [network_outputs(module, batch) for batch in batches]  # one forward per batch for every variant
     dense = dense_crf_patch() if not args.no_dense else None
     rows = []
     settings = variants(
@@ -166,12 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     for name, up, params, exact in settings:
         counts = np.zeros(len(SCORE_KEYS), dtype=np.int64)
-        for batch in batches:
+        for batch, (raw_cams, refine_logits) in zip(batches, outputs, strict=True):
             images, image_labels = batch["image"], batch["labels"]
-            out = module.net(images)
-            h, w = out.refine_logits.shape[-2:]
+            h, w = refine_logits.shape[-2:]
             size = (h * up, w * up)
-            cams = F.interpolate(module.training_cams(images, out.cams).float(), size, mode="bilinear")
+            cams = F.interpolate(raw_cams, size, mode="bilinear")
             norm = normalize_cams(cams, image_labels)
             rgb = module.rgb_at(images, size)
             valid = module.valid_at(batch["valid"], size)
@@ -205,25 +205,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append({"crf": name, "grid": f"{size[0]}x{size[1]}", "background": background, **score_row(counts)})
         print(rows[-1], flush=True)
     if args.cam_threshold:
-        rows += baseline_rows(module, batches, args.grids[0], args.cam_threshold)
+        rows += baseline_rows(module, batches, outputs, args.grids[0], args.cam_threshold)
     images = sum(len(b["name"]) for b in batches)
     return {"machine": machine_info(), "command": args.command, "ckpt": str(args.ckpt), "images": images, "rows": rows}
 
 
-def baseline_rows(module: Any, batches: list[dict], up: int, thresholds: list[float]) -> list[dict[str, Any]]:
+def network_outputs(module: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's network outputs that every row scores: teacher A's (multi-scale) CAMs (B, C, h, w), float, and
+    R's logits (B, K, h, w)."""
+    out = module.net(batch["image"])
+    return module.training_cams(batch["image"], out.cams).float(), out.refine_logits
+
+
+def baseline_rows(
+    module: Any, batches: list[dict], outputs: list[tuple[torch.Tensor, torch.Tensor]], up: int, thresholds: list[float]
+) -> list[dict[str, Any]]:
     """The same scores for what teacher A is measured against: the CAM baseline's maps (argmax over the image's
     classes, background below each threshold of ``thresholds``) and R's prediction (argmax over the image's
-    labels), on the same label grid."""
+    labels), on the same label grid. ``outputs``: ``network_outputs`` of each batch."""
     counts = np.zeros((len(thresholds) + 1, len(SCORE_KEYS)), dtype=np.int64)
-    for batch in batches:
+    for batch, (raw_cams, refine_logits) in zip(batches, outputs, strict=True):
         images, image_labels = batch["image"], batch["labels"]
-        out = module.net(images)
-        size = (out.refine_logits.shape[-2] * up, out.refine_logits.shape[-1] * up)
-        cams = F.interpolate(module.training_cams(images, out.cams).float(), size, mode="bilinear")
+        size = (refine_logits.shape[-2] * up, refine_logits.shape[-1] * up)
+        cams = F.interpolate(raw_cams, size, mode="bilinear")
         valid = module.valid_at(batch["valid"], size)
         step = images.shape[-1] / size[-1]
         maps = cam_method.cam_label_maps(normalize_cams(cams, image_labels), image_labels, thresholds).long()
-        logits = F.interpolate(out.refine_logits.float(), size, mode="bilinear")
+        logits = F.interpolate(refine_logits.float(), size, mode="bilinear")
         allowed = cam_method.allowed_labels(image_labels, module.has_background)
         refine = logits.masked_fill(~allowed[:, :, None, None], float("-inf")).argmax(1)
         for i, labels in enumerate([*maps, refine]):
