@@ -8,6 +8,7 @@ from asdt_lightning.lit.callbacks import PWMCallback
 from asdt_lightning.lit.module import ASDTModule
 from asdt_lightning.method.cam import predicted_image_labels
 from asdt_lightning.models.asdt import ASDTOutput, build_asdt_net
+from asdt_lightning.models.heads import CAMHead, pool_cams
 from conftest import CLASS_NAMES, small_module_kwargs
 
 
@@ -315,3 +316,45 @@ def test_predicted_image_labels_keep_the_top_class():
     logits = torch.tensor([[-5.0, -1.0, -4.0], [2.0, 0.5, -1.0]])
     assert predicted_image_labels(logits).tolist() == [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
     assert predicted_image_labels(logits, threshold=0.9).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+def test_cam_pooling_scores_each_class_on_the_mean_the_max_or_its_top_pixels():
+    cams = torch.zeros(1, 2, 4, 5)
+    cams[0, 0, 0, :2] = torch.tensor([4.0, 2.0])  # class 0: a small strong region
+    cams[0, 1] = 0.5  # class 1: weak everywhere
+    assert torch.allclose(pool_cams(cams, "gap"), torch.tensor([[0.3, 0.5]]))
+    assert torch.allclose(pool_cams(cams, "gmp"), torch.tensor([[4.0, 0.5]]))
+    assert torch.allclose(pool_cams(cams, "topk", 0.1), torch.tensor([[3.0, 0.5]]))  # top 2 of 20 pixels
+    assert torch.allclose(pool_cams(cams, "topk", 0.01), pool_cams(cams, "gmp"))  # at least one pixel
+    assert torch.allclose(pool_cams(cams, "topk", 1.0), pool_cams(cams, "gap"))
+
+
+@pytest.mark.parametrize("pooling", ["gmp", "topk"])
+def test_max_pooled_classifier_trains_only_through_its_top_pixels(pooling):
+    torch.manual_seed(0)
+    head = CAMHead(4, 3, pooling=pooling, topk_fraction=0.25)
+    features = torch.rand(2, 4, 4, 4, requires_grad=True)
+    cams, logits = head(features)
+    assert torch.allclose(logits, pool_cams(cams, pooling, 0.25))
+    logits.sum().backward()
+    touched = (features.grad.abs().sum(1) > 0).flatten(1).sum(1)  # pixels that get any gradient
+    assert (touched <= 3 * (1 if pooling == "gmp" else 4)).all() and (touched >= 1).all()
+
+
+def test_cam_dropout_with_max_pooling_drops_channels_in_training_only():
+    torch.manual_seed(0)
+    head = CAMHead(16, 3, dropout=0.5, pooling="gmp")
+    features = torch.rand(2, 16, 4, 4) + 0.1
+    cams, logits = head.train()(features)
+    assert not torch.allclose(logits, cams.amax((2, 3)))
+    cams_eval, logits_eval = head.eval()(features)
+    assert torch.equal(cams, cams_eval) and torch.equal(logits_eval, cams.amax((2, 3)))
+
+
+@pytest.mark.parametrize("bad", [{"cam_pooling": "lse"}, {"cam_topk_fraction": 0.0}, {"cam_topk_fraction": 1.5}])
+def test_bad_cam_pooling_names_its_model_net_key(bad):
+    kwargs = small_module_kwargs()
+    kwargs["net"] = {**kwargs["net"], "cam_pooling": "topk", **bad}
+    key = next(iter(bad))
+    with pytest.raises(ASDTUserError, match=f"model.net.{key}"):
+        ASDTModule(**kwargs)

@@ -32,7 +32,15 @@ from .optim import OptimizerParams, build_optimizer, fused_allowed, parameter_gr
 
 BRANCHES = ("cam", "refine", "student", "fused")
 SEGMENTATION_BRANCHES = ("refine", "student", "fused")
-HEAD_SETTINGS = ("head_channels", "head_dilation", "skip_channels", "cam_dropout", "head_init")
+HEAD_SETTINGS = (
+    "head_channels",
+    "head_dilation",
+    "skip_channels",
+    "cam_dropout",
+    "head_init",
+    "cam_pooling",
+    "cam_topk_fraction",
+)
 
 __all__ = ["ASDTModule", "LossWeights", "OptimizerParams", "PairwiseParams", "TeacherBParams", "TeacherTargets"]
 

@@ -40,6 +40,8 @@ class ASDTNet(nn.Module):
         skip_channels: int = 0,
         cam_dropout: float = 0.0,
         head_init: str = "default",
+        cam_pooling: str = "gap",
+        cam_topk_fraction: float = 0.1,
     ) -> None:
         super().__init__()
         if not 0 <= cam_dropout < 1:
@@ -55,7 +57,7 @@ class ASDTNet(nn.Module):
         self.num_classes = num_classes
         self.has_background = has_background
         self.num_labels = num_classes + int(has_background)
-        self.cam_head = CAMHead(backbone.out_channels, num_classes, cam_dropout)
+        self.cam_head = CAMHead(backbone.out_channels, num_classes, cam_dropout, cam_pooling, cam_topk_fraction)
         self.skip_channels = skip_channels
         self.refine_head, self.student_head = (
             SegmentationHead(
@@ -105,6 +107,8 @@ def build_asdt_net(
     skip_channels: int = 0,
     cam_dropout: float = 0.0,
     head_init: str = "default",
+    cam_pooling: str = "gap",
+    cam_topk_fraction: float = 0.1,
 ) -> ASDTNet:
     """Build the backbone by registry name and put the three heads on it.
 
@@ -126,7 +130,16 @@ def build_asdt_net(
         frozen_stem=frozen_stem,
     )
     net = ASDTNet(
-        body, num_classes, has_background, head_channels, head_dilation, skip_channels, cam_dropout, head_init
+        body,
+        num_classes,
+        has_background,
+        head_channels,
+        head_dilation,
+        skip_channels,
+        cam_dropout,
+        head_init,
+        cam_pooling,
+        cam_topk_fraction,
     )
     if weights:
         keys = backbone_key_count(body)

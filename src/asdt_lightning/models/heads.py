@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -9,25 +11,55 @@ from torch.nn import functional as F
 HEAD_INITS = ("default", "xavier")  # PyTorch's default conv init | Xavier-uniform weights (the released code's)
 
 
+CAM_POOLINGS = ("gap", "gmp", "topk")  # mean of all pixels | the max pixel | the mean of the top fraction
+
+
+def pool_cams(cams: torch.Tensor, pooling: str = "gap", topk_fraction: float = 0.1) -> torch.Tensor:
+    """(B, C, h, w) CAMs -> (B, C) image logits: their spatial mean (``gap``, CAM's own), maximum (``gmp``,
+    ToCo's and DuPL's) or the mean of each map's ``ceil(topk_fraction * h * w)`` largest values (``topk``,
+    between the two: a class scores on its strongest region, not on every pixel it co-occurs with)."""
+    if pooling == "gap":
+        return cams.mean((2, 3))
+    flat = cams.flatten(2)
+    if pooling == "gmp":
+        return flat.amax(2)
+    k = max(1, math.ceil(topk_fraction * flat.shape[2]))
+    return flat.topk(k, dim=2).values.mean(2)
+
+
 class CAMHead(nn.Module):
     """Teacher A: a bias-free 1x1 conv giving one class activation map per foreground class.
 
-    ``forward``: (B, D, h, w) features -> ((B, C, h, w) CAMs, (B, C) image logits = the classifier of the
-    spatially pooled features, i.e. the spatial mean of the CAMs). With ``dropout > 0`` (the released code's
+    ``forward``: (B, D, h, w) features -> ((B, C, h, w) CAMs, (B, C) image logits = the CAMs spatially pooled by
+    ``pool_cams``: ``gap`` is the classifier of the mean feature). With ``dropout > 0`` (the released code's
     ``Dropout2d(0.5)``) the logits come from channel-dropped features in training; the CAMs never do.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.0,
+        pooling: str = "gap",
+        topk_fraction: float = 0.1,
+    ) -> None:
         super().__init__()
+        if pooling not in CAM_POOLINGS:
+            raise ValueError(f"cam_pooling must be one of {', '.join(CAM_POOLINGS)}, got {pooling!r}")
+        if not 0 < topk_fraction <= 1:
+            raise ValueError(f"cam_topk_fraction must lie in (0, 1], got {topk_fraction}")
         self.classifier = nn.Conv2d(in_channels, num_classes, 1, bias=False)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
+        self.pooling = pooling
+        self.topk_fraction = topk_fraction
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cams = self.classifier(features)
         if self.dropout is None or not self.training:
-            return cams, cams.mean((2, 3))
-        pooled = self.dropout(features).mean((2, 3), keepdim=True)
-        return cams, self.classifier(pooled).flatten(1)
+            return cams, pool_cams(cams, self.pooling, self.topk_fraction)
+        if self.pooling == "gap":  # the classifier of the pooled dropped features: one (B, D) product
+            return cams, self.classifier(self.dropout(features).mean((2, 3), keepdim=True)).flatten(1)
+        return cams, pool_cams(self.classifier(self.dropout(features)), self.pooling, self.topk_fraction)
 
 
 def init_head(module: nn.Module, init: str) -> None:
