@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file under the final name."""
+"""Atomic file writes (a crash never leaves a half-written file under the final name), the cache folder and
+an exclusive file lock."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,6 +15,23 @@ from typing import BinaryIO
 def cache_dir() -> Path:
     """Where generated data and caches go: ``$ASDT_CACHE`` or ``~/.cache/asdt_lightning``."""
     return Path(os.environ.get("ASDT_CACHE", Path.home() / ".cache" / "asdt_lightning")).expanduser()
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (POSIX), so concurrent converters (DDP ranks) take turns."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here: atomic writes still keep every file whole
+        yield
+        return
+    with open(lock_path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def current_umask() -> int:

@@ -16,8 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ...io_utils import cache_dir
-from ..coco_stuff.cache import _exclusive as exclusive_lock
+from ...io_utils import cache_dir, exclusive_lock
 from ..file_index import load_index, save_index
 from .convert import Task, run_task
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DatasetError
-from ...io_utils import cache_dir
+from ...io_utils import cache_dir, exclusive_lock
 from ..file_index import file_key, load_index, save_index
 from ..voc import read_mask, write_mask_png
 from .annotations import check_raw_ids, read_mat_labels
@@ -45,23 +44,6 @@ def convert_annotation(src: Path, dst: Path | None) -> dict[str, int] | str:
 
 def _convert_task(task: tuple[Path, Path | None]) -> dict[str, int] | str:
     return convert_annotation(*task)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (POSIX), so concurrent converters (DDP ranks) take turns."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here: atomic writes still keep every file whole
-        yield
-        return
-    with open(lock_path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def default_label_cache(root: Path) -> Path:
@@ -107,7 +89,7 @@ class LabelCache:
         todo = [n for n, p in sources.items() if not self.fresh(entries.get(n), p, keys[n], n)]
         problems: dict[str, str] = {}
         if todo:
-            with _exclusive(self.folder / ".lock"):
+            with exclusive_lock(self.folder / ".lock"):
                 entries = self.load_index()  # another process may have converted them meanwhile
                 todo = [n for n in todo if not self.fresh(entries.get(n), sources[n], keys[n], n)]
                 if self.labels.is_dir():
