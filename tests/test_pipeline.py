@@ -77,3 +77,20 @@ def test_table_says_first_n_only_when_a_limit_cut_the_list():
     assert "| pseudo masks: fused (max R, S) | train (first 16 of 600) | 50.00 | 60.00 |" in table
     assert "| exported pseudo masks (PNG) | train (first 16 of 600) | 55.00 | |" in table
     assert "| val (all 150) | **70.00** | |" in table and "all 16" not in table
+
+
+def test_pseudo_masks_are_scored_on_the_pseudo_mask_list(tmp_path, monkeypatch):
+    """VOC trains on train_aug but scores pseudo masks on train (1,464): both evaluate stages take that list."""
+    import asdt_lightning.pipeline as pipeline
+
+    splits = []
+    monkeypatch.setattr(pipeline, "run_evaluate", lambda config: splits.append(config["split"]))
+    (tmp_path / "asdt").mkdir()
+    (tmp_path / "asdt" / "metrics.json").write_text(json.dumps({"cam_threshold": 0.3}))
+    given = overrides(tmp_path)
+    given[3] = "common=" + listed(*TINY_DATA_BATCHES, "dataset.pseudo_mask_list=val")
+    with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
+        stages = {s.name: s for s in pipeline.pipeline_stages(compose("pipeline", overrides=given), tmp_path, "none")}
+        stages["score branches as pseudo masks"].run()
+        stages["score exported masks"].run()
+    assert splits == ["val", "val"]  # not the training list

@@ -4,10 +4,12 @@
     make pipeline
 
 Stages, each in its own folder of the run: ``asdt/`` (train ASDT), ``eval_pseudo/`` (every branch as pseudo masks
-on the training list, without and with CRF), ``pseudo_masks/`` (the export), ``eval_export/`` (the exported PNGs
-against the training masks), ``segment/`` (the second stage), ``eval_val/`` (the second stage on the validation
-masks). ``pipeline.md`` / ``pipeline.json`` hold the table: pseudo-mask mIoU on train, second-stage mIoU on val.
-A stage whose result file exists is skipped, so a re-run with the same ``output_dir`` resumes.
+on ``dataset.pseudo_mask_list``, without and with CRF: VOC ``train``, 1,464 images, as the literature scores them;
+the training list elsewhere), ``pseudo_masks/`` (the export, of the whole training list), ``eval_export/`` (the
+exported PNGs against the same list's masks), ``segment/`` (the second stage), ``eval_val/`` (the second stage
+on the validation masks). ``pipeline.md`` / ``pipeline.json`` hold the table: pseudo-mask mIoU on train,
+second-stage mIoU on val. A stage whose result file exists is skipped, so a re-run with the same ``output_dir``
+resumes.
 """
 
 from __future__ import annotations
@@ -133,13 +135,13 @@ def pipeline_stages(cfg: DictConfig, out: Path, crf: str) -> list[Stage]:
         evaluate(
             "eval_pseudo",
             f"ckpt={ckpt}",
-            "split=${dataset.train_list}",
+            "split=${dataset.pseudo_mask_list}",
             f"crfs={crfs}",
             f"limit={limit}",
             cam_threshold,
         ),
         Stage("export pseudo masks", masks / "summary.json", export),
-        evaluate("eval_export", f"pred_dir={masks}", "split=${dataset.train_list}"),
+        evaluate("eval_export", f"pred_dir={masks}", "split=${dataset.pseudo_mask_list}"),
         Stage(
             "train second stage", seg / "metrics.json", lambda: segment(compose("segment", overrides=segment_overrides))
         ),
