@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from asdt_lightning.data.datamodule import VOCDataModule
+from asdt_lightning.data.dataset import SegmentationDataset
 from asdt_lightning.data.synthetic import SYNTHETIC_CLASSES, SyntheticSpec, ensure_synthetic_voc
 from asdt_lightning.errors import DatasetError
+from data_roots import make_voc
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +106,43 @@ def test_coco_stuff_goes_through_the_same_datamodule(tmp_path, monkeypatch):
         assert present <= set(labels.nonzero().flatten().tolist())
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape == (2, 3, 48, 48) and val["name"] == dm.val_set.names
+
+
+def test_background_list_adds_images_with_no_class_and_no_annotation(tmp_path):
+    """Background-only images train beside the list with an empty label and an all-background mask; their XML and
+    mask need not exist; overlaps, missing images and a dataset without background are one-line errors."""
+    voc = make_voc(tmp_path, {"a": ["cat"], "b": ["dog"], "c": [], "d": []}, lists={"train": ["a", "b"], "val": ["a"]})
+    for name in ("c", "d"):  # background-only photos: only their JPEG exists
+        (voc / "Annotations" / f"{name}.xml").unlink()
+        (voc / "SegmentationClass" / f"{name}.png").unlink()
+    lists = voc / "ImageSets/Segmentation"
+    (lists / "negatives.txt").write_text("c\nd\n")
+    dm = VOCDataModule(voc, train_list="train", val_list="val", crop_size=16, batch_size=2, num_workers=0)
+    dm.background_list = "negatives"
+    dm.check()
+    dm.setup("fit")
+    train = dm.train_set
+    assert train.names == ["a", "b", "c", "d"] and train.image_labels == [[7], [11], [], []]
+    sample = train[2]
+    assert sample["labels"].sum() == 0 and (sample["mask"][sample["valid"]] == 0).all()  # every pixel background
+    assert (train[0]["mask"] == 255).any()  # a labelled image keeps its own mask (with its 255 band)
+    assert dm.val_set.names == ["a"]  # scored on the val list only
+
+    (lists / "overlap.txt").write_text("c\nb\n")
+    with pytest.raises(DatasetError, match="also in list train"):
+        SegmentationDataset(dm.reader, "train", background_split="overlap")
+    (lists / "missing.txt").write_text("c\nzz\n")
+    with pytest.raises(DatasetError, match="zz"):
+        SegmentationDataset(dm.reader, "train", background_split="missing")
+    with pytest.raises(DatasetError, match="nolist"):
+        VOCDataModule(voc, train_list="train", val_list="val", background_list="nolist").check()
+
+
+def test_background_list_needs_a_background_class(tmp_path, monkeypatch):
+    voc = make_voc(tmp_path, {"a": ["cat"]}, lists={"train": ["a"], "val": ["a"]})
+    dm = VOCDataModule(voc, train_list="train", val_list="val", background_list="train")
+    monkeypatch.setattr(dm.reader, "has_background", False)  # as COCO-Stuff's reader (171 classes, no background)
+    with pytest.raises(DatasetError, match="needs a background class"):
+        dm.check()
+    with pytest.raises(DatasetError, match="needs a background class"):
+        dm.reader.background_entries("train")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import DatasetError
 from .dataset import DatasetWarning, ReaderView, SegmentationDataset, SegmentationReader, SkipBadCollate, check_policy
 from .sampling import EpochSampler, ResumableLoader, distributed_shard, seed_transform
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, build_val_transform
@@ -41,7 +42,8 @@ class SegmentationDataModule(ReaderView, L.LightningDataModule):
     (B, h, w) bool, ``labels`` (B, C) float32, ``size`` (B, 2) int64 original (H, W), ``name`` (list of str) and
     ``index`` (B,) int64; h = w = ``crop_size`` for training and ``val_size`` for validation. With
     ``on_bad_sample="skip"`` a batch may hold fewer samples; the skipped names are counted
-    (:attr:`bad_samples`) and reported when a fit or validation ends.
+    (:attr:`bad_samples`) and reported when a fit or validation ends. ``background_list``: a list of images that
+    hold none of the classes, trained on beside ``train_list`` with an empty image label (no annotation needed).
     """
 
     def __init__(
@@ -63,10 +65,12 @@ class SegmentationDataModule(ReaderView, L.LightningDataModule):
         color_jitter: float | Mapping[str, float] = 0.0,
         on_bad_sample: str = "error",
         resize_long: Sequence[int] | None = None,
+        background_list: str | None = None,
     ) -> None:
         super().__init__()
         self.reader = reader
         self.train_list, self.val_list = train_list, val_list
+        self.background_list = background_list  # background-only images trained on beside train_list
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = build_train_transform(
             crop_size,
@@ -89,7 +93,13 @@ class SegmentationDataModule(ReaderView, L.LightningDataModule):
 
     def check(self) -> Path:
         """Validate the root and both lists (cheap: no image is opened); returns the resolved root."""
-        return self.reader.check([self.train_list, self.val_list], masks_required=[self.val_list])
+        if self.background_list is not None and not self.reader.has_background:
+            raise DatasetError(
+                f"dataset.background_list={self.background_list} needs a background class; "
+                f"{self.reader.name} has none: leave it null"
+            )
+        extra = [] if self.background_list is None else [self.background_list]
+        return self.reader.check([self.train_list, self.val_list, *extra], masks_required=[self.val_list])
 
     def prepare_data(self) -> None:
         """One-time conversions (COCO-Stuff's ``.mat`` -> PNG cache); Lightning runs it on one process."""
@@ -99,7 +109,9 @@ class SegmentationDataModule(ReaderView, L.LightningDataModule):
         """Resolve the lists (after :meth:`prepare_data`, before the first step): missing files, bad labels and
         what the image and mask headers show raise, or are skipped (see :meth:`SegmentationReader.entries`)."""
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self.dataset(self.train_list, self.train_transform)
+            self.train_set = SegmentationDataset(
+                self.reader, self.train_list, self.train_transform, True, self.on_bad_sample, self.background_list
+            )
         if self.val_set is None:
             self.val_set = self.dataset(self.val_list, self.val_transform)
             self.reader.require_masks(self.val_list, self.val_set.names)  # else mIoU would silently skip images

@@ -177,7 +177,7 @@ class SegmentationReader(ABC):
         self.class_names = list(class_names)
         self.has_background = has_background
         self._root: Path | None = None
-        self._entries: dict[tuple[str, bool, str], SplitEntries] = {}
+        self._entries: dict[tuple[Any, ...], SplitEntries] = {}  # (list, targets, policy) or background lists
 
     def __getstate__(self) -> dict[str, Any]:  # workers need no memoised entries
         return {**self.__dict__, "_entries": {}}
@@ -312,6 +312,31 @@ class SegmentationReader(ABC):
         self._entries[key] = SplitEntries(split, names, labels, problems)
         return self._entries[key]
 
+    def background_entries(self, split: str, on_bad_sample: str = "error") -> SplitEntries:
+        """Resolve a list of background-only images (none of the classes in them): their images exist and open;
+        no annotation or mask is needed (their image label is empty). Problems raise or are skipped as in
+        :meth:`entries`."""
+        if not self.has_background:
+            raise DatasetError(
+                f"dataset.background_list={split} needs a background class; {self.name} has none: leave it null"
+            )
+        key = ("background", split, on_bad_sample if on_bad_sample == "report" else check_policy(on_bad_sample))
+        if key in self._entries:
+            return self._entries[key]
+        list_path = self.list_path(split)
+        listed = self.read_list(split)
+        problems = self.file_problems(listed, False, list_path)
+        names = [n for n in listed if n not in problems]
+        header = self.header_problems(names, targets=False)
+        problems.update(header)
+        names = [n for n in names if n not in header]
+        problems = {n: problems[n] for n in listed if n in problems}
+        resolve_problems(split, problems, on_bad_sample)
+        if not names:
+            raise DatasetError(f"no usable entry left in background list {list_path}; see the warnings above")
+        self._entries[key] = SplitEntries(split, names, [[] for _ in names], problems)
+        return self._entries[key]
+
     def file_problems(self, names: Sequence[str], targets: bool, list_path: Path) -> dict[str, str]:
         """A problem line per entry whose image (or, with ``targets``, annotation) file is missing."""
         problems: dict[str, str] = {}
@@ -353,15 +378,18 @@ class SegmentationReader(ABC):
             return size_mismatch(path, mask_size, size)
         return self.mask_header_problem(path, mode)
 
-    def read_sample(self, name: str, targets: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """(H, W, 3) uint8 image and (H, W) uint8 label map (all 255 when the entry has none; None without
-        ``targets``); a mask of another size than its image raises a DatasetError naming it."""
+    def read_sample(
+        self, name: str, targets: bool = True, background_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W, 3) uint8 image and (H, W) uint8 label map (all 255 when the entry has none, all 0 for a
+        ``background_only`` image without one; None without ``targets``); a mask of another size than its image
+        raises a DatasetError naming it."""
         image = read_image(self.image_path(name))
         if not targets:
             return image, None
         path = self.mask_file(name)
         if path is None:
-            return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+            return image, np.full(image.shape[:2], 0 if background_only else IGNORE_INDEX, dtype=np.uint8)
         mask = self.read_label_map(path)
         if mask.shape != image.shape[:2]:
             raise DatasetError(size_mismatch(path, (mask.shape[1], mask.shape[0]), (image.shape[1], image.shape[0])))
@@ -416,6 +444,7 @@ class SegmentationDataset(ReaderView, Dataset):
         transform: Callable[..., Any] | None = None,
         targets: bool = True,
         on_bad_sample: str = "error",
+        background_split: str | None = None,
     ) -> None:
         self.reader = reader
         self.split = split
@@ -426,13 +455,28 @@ class SegmentationDataset(ReaderView, Dataset):
         self.names = list(entries.names)
         self.image_labels = entries.labels
         self.skipped = dict(entries.skipped)
+        self.background_only: frozenset[str] = frozenset()
+        if background_split is not None:
+            extra = reader.background_entries(background_split, on_bad_sample)
+            both = sorted(set(extra.names) & set(self.names))
+            if both:
+                raise DatasetError(
+                    f"{len(both)} image(s) of background list {background_split} are also in list {split} "
+                    f"(e.g. {both[0]}): a background-only image has no class; remove it from one of the lists"
+                )
+            self.names += extra.names
+            if self.image_labels is not None:
+                self.image_labels = [*self.image_labels, *extra.labels]
+            self.skipped.update(extra.skipped)
+            self.background_only = frozenset(extra.names)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def read_sample(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(H, W, 3) uint8 image and (H, W) uint8 mask (None without targets) of one entry, untransformed."""
-        return self.reader.read_sample(self.names[index], self.targets)
+        name = self.names[index]
+        return self.reader.read_sample(name, self.targets, name in self.background_only)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any] | BadSample:
         """The sample of an index or, from :class:`~.sampling.EpochSampler`, of an ``(index, seed)`` pair: its

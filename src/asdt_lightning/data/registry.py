@@ -117,6 +117,7 @@ def build_datamodule(data: Mapping[str, Any], seed: int) -> SegmentationDataModu
         color_jitter=data.get("color_jitter", 0.0),
         on_bad_sample=data.get("on_bad_sample", "error"),
         resize_long=data.get("resize_long"),
+        background_list=data.get("background_list"),
     )
     datamodule.check()
     return datamodule
