@@ -160,7 +160,16 @@ def test_resnet50_dilation_matches_torchvision(output_stride, dilate):
 def test_registry_names():
     torchvision_and_wsss = ["resnet101", "resnet18", "resnet38", "resnet50"]
     assert available_backbones() == sorted(
-        [*torchvision_and_wsss, "convnext_tiny", "deit_base", "efficientnet_lite0", "res2net101", "vit_base_patch16"]
+        [
+            *torchvision_and_wsss,
+            "convnext_tiny",
+            "deit_base",
+            "efficientnet_lite0",
+            "efficientnet_lite1",
+            "efficientnet_lite2",
+            "res2net101",
+            "vit_base_patch16",
+        ]
     )
     assert set(BACKBONES) == set(available_backbones())
 

