@@ -81,6 +81,29 @@ def test_crf_with_no_allowed_label_falls_back_to_all(connectivity):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("connectivity", ["local", "full"])
+def test_mean_field_on_each_images_allowed_classes_only_equals_iterating_all_of_them(connectivity, monkeypatch):
+    import asdt_lightning.method.crf as crf
+
+    torch.manual_seed(0)
+    img = torch.rand(3, 3, 10, 10) * 255
+    probs = torch.softmax(torch.randn(3, 6, 10, 10) * 3, 1)
+    allowed = torch.zeros(3, 6, dtype=torch.bool)
+    allowed[0, [0, 4]] = True  # background + one class
+    allowed[1, [0, 1, 2, 5]] = True  # the most classes: 4 of 6 iterated
+    allowed[2, [3]] = True  # one class alone (no background)
+    assert crf.allowed_subset(allowed).tolist() == [[0, 4, 1, 2], [0, 1, 2, 5], [3, 0, 1, 2]]
+    params = CRFParams(iterations=6, connectivity=connectivity, bilateral_srgb=13.0)
+    kernel = crf_kernel(img, params)
+    subset = mean_field(probs, kernel, params, allowed=allowed)
+    monkeypatch.setattr(crf, "allowed_subset", lambda allowed: None)  # iterate all 6 classes, as before
+    every = mean_field(probs, kernel, params, allowed=allowed)
+    assert torch.allclose(subset, every, atol=1e-6)
+    assert torch.all(subset[~allowed[:, :, None, None].expand_as(subset)] == 0)
+    assert torch.allclose(subset.sum(1), torch.ones(3, 10, 10), atol=1e-5)
+    assert crf.allowed_subset(torch.ones(2, 6, dtype=torch.bool)) is None  # nothing to leave out
+
+
 @pytest.mark.parametrize("window", [3, 5])
 def test_shift_and_unfold_message_passing_agree(window):
     from asdt_lightning.method.crf import message_passing

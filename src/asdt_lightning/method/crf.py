@@ -375,16 +375,37 @@ def mean_field(
     q = torch.softmax(unary, dim=1)
     if isinstance(kernel, AttentionCRFKernel):
         return attention_mean_field(unary, q, kernel, params.iterations, None if allowed is None else allowed.any(0))
+    subset = allowed_subset(allowed) if allowed is not None else None
+    if subset is not None:  # iterate on each image's allowed classes only: the others stay 0 whatever the messages
+        full_shape = q.shape
+        index = subset[:, :, None, None].expand(-1, -1, *q.shape[2:])
+        unary, q = unary.gather(1, index), q.gather(1, index)
     if kernel.dim() == 3:  # full: (B, N, N)
         b, k, h, w = q.shape
         unary, q = unary.flatten(2), q.flatten(2)
         kernel_t = kernel.transpose(1, 2)
         for _ in range(params.iterations):
             q = torch.softmax(unary + torch.matmul(q, kernel_t), dim=1)
-        return q.view(b, k, h, w)
-    for _ in range(params.iterations):
-        q = torch.softmax(unary + message_passing(q, kernel, params.window, method), dim=1)
+        q = q.view(b, k, h, w)
+    else:
+        for _ in range(params.iterations):
+            q = torch.softmax(unary + message_passing(q, kernel, params.window, method), dim=1)
+    if subset is not None:
+        q = q.new_zeros(full_shape).scatter_(1, index, q)
     return q
+
+
+def allowed_subset(allowed: torch.Tensor) -> torch.Tensor | None:
+    """(B, K) bool -> (B, k) long: each image's allowed classes first (then not-allowed ones, as padding), ``k`` the
+    most any image allows; ``None`` where some image allows every class (nothing to save).
+
+    Mean field under a Potts model updates each class from its own marginals only, so the classes an image does not
+    allow (unary -inf, marginal 0) can be left out of its iterations exactly; the padding classes stay at 0 too.
+    """
+    k = int(allowed.sum(1).max())
+    if k == allowed.shape[1]:
+        return None
+    return torch.argsort((~allowed).to(torch.uint8), dim=1, stable=True)[:, :k]
 
 
 def mean_field_crf(
