@@ -81,7 +81,7 @@ def test_crf_with_no_allowed_label_falls_back_to_all(connectivity):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("connectivity", ["local", "full"])
+@pytest.mark.parametrize("connectivity", ["local", "full", "attention"])
 def test_mean_field_on_each_images_allowed_classes_only_equals_iterating_all_of_them(connectivity, monkeypatch):
     import asdt_lightning.method.crf as crf
 

@@ -373,14 +373,14 @@ def mean_field(
         allowed = allowed | ~allowed.any(1, keepdim=True)  # an image with no allowed label keeps them all
         unary = unary.masked_fill(~allowed[:, :, None, None], float("-inf"))
     q = torch.softmax(unary, dim=1)
-    if isinstance(kernel, AttentionCRFKernel):
-        return attention_mean_field(unary, q, kernel, params.iterations, None if allowed is None else allowed.any(0))
     subset = allowed_subset(allowed) if allowed is not None else None
     if subset is not None:  # iterate on each image's allowed classes only: the others stay 0 whatever the messages
         full_shape = q.shape
         index = subset[:, :, None, None].expand(-1, -1, *q.shape[2:])
         unary, q = unary.gather(1, index), q.gather(1, index)
-    if kernel.dim() == 3:  # full: (B, N, N)
+    if isinstance(kernel, AttentionCRFKernel):
+        q = attention_mean_field(unary, q, kernel, params.iterations)
+    elif kernel.dim() == 3:  # full: (B, N, N)
         b, k, h, w = q.shape
         unary, q = unary.flatten(2), q.flatten(2)
         kernel_t = kernel.transpose(1, 2)

@@ -368,20 +368,12 @@ def attention_crf_kernel(
 
 
 def attention_mean_field(
-    unary: torch.Tensor, q: torch.Tensor, kernel: AttentionCRFKernel, iterations: int, used: torch.Tensor | None
+    unary: torch.Tensor, q: torch.Tensor, kernel: AttentionCRFKernel, iterations: int
 ) -> torch.Tensor:
-    """Mean-field iterations ``q = softmax(unary + message(q))`` of (B, K, h, w) log-unaries and marginals, over the
-    classes ``used`` ((K,) bool, None: all) only: the others' marginals are 0 in every image, so are their
-    messages. Returns the (B, K, h, w) marginals."""
-    if used is not None and bool(used.all()):
-        used = None
+    """Mean-field iterations ``q = softmax(unary + message(q))`` of (B, K, h, w) log-unaries and marginals
+    (``crf.mean_field`` passes each image's allowed classes only). Returns the (B, K, h, w) marginals."""
     for _ in range(iterations):
-        if used is None:
-            message = kernel.message(q)
-        else:
-            message = torch.zeros_like(q)
-            message[:, used] = kernel.message(q[:, used].contiguous())
-        q = torch.softmax(unary + message, dim=1)
+        q = torch.softmax(unary + kernel.message(q), dim=1)
     return q
 
 
